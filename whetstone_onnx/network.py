@@ -1,0 +1,151 @@
+"""The canonical network: the hub between every front end and every back end.
+
+A ``Network`` is a sequential list of layers described *per sample* (no batch
+axis, channels first), holding its weights as NumPy arrays. Front ends (the
+ONNX lifter) produce one; passes rewrite it; back ends (ONNX emitter, NumPy
+reference, later Keras and netlists) read it. Each layer class lives in the
+``ops`` module of its op family, which knows everything about it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .spiking_onnx import DOMAIN
+
+
+class OnnxBuilder:
+    """Collects nodes, initializers and custom ops while a network is emitted as ONNX."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.custom_ops: set[str] = set()
+        self._names: set[str] = set()        # values and initializers
+        self._node_names: set[str] = set()
+
+    def unique(self, name: str, taken: set[str] | None = None) -> str:
+        taken = self._names if taken is None else taken
+        candidate, k = name, 1
+        while candidate in taken:
+            candidate, k = f"{name}_{k}", k + 1
+        taken.add(candidate)
+        return candidate
+
+    def constant(self, name: str, array: np.ndarray, dtype=np.float32) -> str:
+        name = self.unique(name)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
+        return name
+
+    def node(self, op_type: str, inputs: list[str], output: str, *, name: str, custom: bool = False,
+             **attributes) -> str:
+        """Add a node with one output named ``output`` (made unique); returns that name."""
+        output = self.unique(output)
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=self.unique(name, self._node_names),
+                                           domain=DOMAIN if custom else "", **attributes))
+        if custom:
+            self.custom_ops.add(op_type)
+        return output
+
+
+class Layer:
+    """Base of every layer: per-sample shapes, NumPy forward, ONNX emission."""
+
+    kind: ClassVar[str] = "layer"
+    name: str
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """NumPy reference on a batch (float64 in, float64 out), independent of onnxruntime."""
+        raise NotImplementedError
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        """Append this layer's ONNX nodes reading value ``x``; return its output value name."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """A row of the report's layer table."""
+        return {"name": self.name, "kind": self.kind}
+
+
+class LinearLayer(Layer):
+    """A layer with a weight (output axis first) and an optional bias: Dense, Conv2d."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+    def bias_or_zero(self) -> np.ndarray:
+        return self.bias if self.bias is not None else np.zeros(self.out_channels, np.float32)
+
+    def scale_outputs(self, scale: np.ndarray | float, shift: np.ndarray | float = 0.0) -> None:
+        """Compose the layer with y -> y * scale + shift (per output channel)."""
+        scale = np.broadcast_to(np.asarray(scale, np.float64), (self.out_channels,))
+        axes = (slice(None),) + (None,) * (self.weight.ndim - 1)
+        self.weight = (self.weight.astype(np.float64) * scale[axes]).astype(np.float32)
+        self.bias = (self.bias_or_zero().astype(np.float64) * scale + shift).astype(np.float32)
+
+    def scale_inputs(self, scale: float) -> None:
+        """Compose the layer with x -> x * scale (a uniform input scale)."""
+        self.weight = (self.weight.astype(np.float64) * scale).astype(np.float32)
+
+
+@dataclass
+class Network:
+    """A sequential per-sample network between one named input and one named output."""
+
+    input_name: str
+    input_shape: tuple[int, ...]          # per sample, as the model's input expects it
+    output_name: str
+    layers: list[Layer] = field(default_factory=list)
+    num_classes: int | None = None
+
+    def copy(self) -> "Network":
+        return copy.deepcopy(self)
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Per-sample output shape of every layer."""
+        shapes, shape = [], self.input_shape
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+            shapes.append(shape)
+        return shapes
+
+    def forward(self, x: np.ndarray, *, all_layers: bool = False, batch: int = 256):
+        """NumPy reference forward; with ``all_layers``, every layer's output in order."""
+        outputs: list[list[np.ndarray]] = [[] for _ in self.layers]
+        for start in range(0, len(x), batch):
+            h = np.asarray(x[start:start + batch], np.float64)
+            for i, layer in enumerate(self.layers):
+                h = layer.forward(h)
+                if all_layers or i == len(self.layers) - 1:
+                    outputs[i].append(h)
+        if all_layers:
+            return [np.concatenate(o) for o in outputs]
+        return np.concatenate(outputs[-1])
+
+    def index_of(self, layer: Layer) -> int:
+        return next(i for i, candidate in enumerate(self.layers) if candidate is layer)
+
+    def neighbour(self, index: int, step: int, kinds: tuple[type, ...], *, through: tuple[type, ...]):
+        """The nearest layer of ``kinds`` from ``index`` in direction ``step``,
+        crossing only layers of ``through``; None if another layer is in the way."""
+        i = index + step
+        while 0 <= i < len(self.layers):
+            layer = self.layers[i]
+            if isinstance(layer, kinds):
+                return layer
+            if not isinstance(layer, through):
+                return None
+            i += step
+        return None

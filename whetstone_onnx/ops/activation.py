@@ -1,0 +1,125 @@
+"""Activations: the float originals, their sharpenable Whetstone replacements
+and the binary Spike they become at sharpness 1.
+
+  Relu, Clip(0, k), HardSigmoid  ->  BoundedRelu   (fires when input >= 0.5)
+  Sigmoid                        ->  SharpSigmoid  (fires when input >= 0)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..network import Layer, OnnxBuilder
+from ..spiking_onnx import (BRELU_THRESHOLD, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN,
+                            SIGMOID_THRESHOLD)
+from .registry import LiftContext, lifts
+
+
+@dataclass(eq=False)
+class Activation(Layer):
+    """A float activation as the source model has it."""
+
+    name: str
+    op_type: str                                   # Relu, Clip, Sigmoid or HardSigmoid
+    params: dict[str, float] = field(default_factory=dict)   # Clip: min, max; HardSigmoid: alpha, beta
+
+    kind = "activation"
+
+    def forward(self, x):
+        if self.op_type == "Relu":
+            return np.maximum(x, 0.0)
+        if self.op_type == "Clip":
+            return np.clip(x, self.params["min"], self.params["max"])
+        if self.op_type == "Sigmoid":
+            return 1.0 / (1.0 + np.exp(-x))
+        return np.clip(self.params["alpha"] * x + self.params["beta"], 0.0, 1.0)
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        if self.op_type == "Clip":
+            low = builder.constant(f"{self.name}.min", np.array(self.params["min"]))
+            high = builder.constant(f"{self.name}.max", np.array(self.params["max"]))
+            return builder.node("Clip", [x, low, high], self.name, name=self.name)
+        return builder.node(self.op_type, [x], self.name, name=self.name, **self.params)
+
+    def describe(self):
+        return {**super().describe(), "op_type": self.op_type, **self.params}
+
+
+@dataclass(eq=False)
+class Sharpenable(Layer):
+    """Whetstone's sharpenable activation: bounded ReLU or sharpened sigmoid."""
+
+    name: str
+    function: str            # "bounded_relu" or "sharp_sigmoid"
+    sharpness: float = 0.0
+    source: str = ""         # the op it replaced, for the report
+
+    kind = "sharpenable"
+
+    @property
+    def op_type(self) -> str:
+        return "BoundedRelu" if self.function == "bounded_relu" else "SharpSigmoid"
+
+    @property
+    def threshold(self) -> np.float32:
+        """Input level at which the fully sharpened unit fires."""
+        return BRELU_THRESHOLD if self.function == "bounded_relu" else SIGMOID_THRESHOLD
+
+    def forward(self, x):
+        # float32 arithmetic in the op's order, so results match the ONNX function.
+        x32 = x.astype(np.float32)
+        span = np.float32(1.0) - np.float32(self.sharpness) + SHARPNESS_EPSILON
+        if self.sharpness == 1.0:
+            return (x32 >= self.threshold).astype(np.float64)
+        if self.function == "bounded_relu":
+            ramp = (x32 - BRELU_THRESHOLD) / span + BRELU_THRESHOLD
+            return np.clip(ramp, 0.0, 1.0).astype(np.float64)
+        gain = np.clip(x32 * (SIGMOID_GAIN / span), -SIGMOID_CLIP, SIGMOID_CLIP).astype(np.float64)
+        return 1.0 / (1.0 + np.exp(-gain))
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        sharpness = builder.constant(f"{self.name}.sharpness", np.array(self.sharpness))
+        return builder.node(self.op_type, [x, sharpness], self.name, name=self.name, custom=True)
+
+    def describe(self):
+        return {**super().describe(), "op_type": self.op_type, "sharpness": self.sharpness, "replaces": self.source}
+
+
+@dataclass(eq=False)
+class Spike(Layer):
+    """Binary spikes: 1 where the potential >= the neuron's threshold."""
+
+    name: str
+    threshold: np.ndarray    # float32, broadcastable to the per-sample shape (dense: (n,); conv: (c, 1, 1))
+
+    kind = "spike"
+
+    def forward(self, x):
+        return (x >= self.threshold.astype(np.float64)).astype(np.float64)
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        threshold = builder.constant(f"{self.name}.threshold", self.threshold)
+        return builder.node("Spike", [x, threshold], self.name, name=self.name, custom=True)
+
+    def describe(self):
+        return {**super().describe(), "threshold_min": float(self.threshold.min()),
+                "threshold_max": float(self.threshold.max())}
+
+
+@lifts("Relu", "Sigmoid")
+def lift_plain(node, ctx: LiftContext) -> Activation:
+    return Activation(node.name, node.op_type)
+
+
+@lifts("Clip")
+def lift_clip(node, ctx: LiftContext) -> Activation:
+    low, high = ctx.optional_constant(1), ctx.optional_constant(2)
+    if low is None or high is None or float(low) != 0.0 or not float(high) > 0.0:
+        raise ctx.fail("only Clip(0, k) with constant k > 0 (a bounded ReLU) is supported")
+    return Activation(node.name, "Clip", {"min": 0.0, "max": float(high)})
+
+
+@lifts("HardSigmoid")
+def lift_hard_sigmoid(node, ctx: LiftContext) -> Activation:
+    return Activation(node.name, "HardSigmoid", {"alpha": ctx.float("alpha", 0.2), "beta": ctx.float("beta", 0.5)})

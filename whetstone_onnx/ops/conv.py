@@ -1,0 +1,75 @@
+"""2-D convolutions: ONNX Conv (NCHW, weight (out, in/groups, kH, kW))."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..network import LinearLayer, OnnxBuilder
+from .registry import LiftContext, lifts
+
+
+@dataclass(eq=False)
+class Conv2d(LinearLayer):
+    name: str
+    weight: np.ndarray                 # (out, in / group, kH, kW), float32
+    bias: np.ndarray | None            # (out,) or None
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)   # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+
+    kind = "conv2d"
+
+    def output_shape(self, input_shape):
+        _, height, width = input_shape
+        top, left, bottom, right = self.pads
+        sizes = []
+        for size, before, after, k, s, d in ((height, top, bottom, self.weight.shape[2], self.strides[0],
+                                              self.dilations[0]),
+                                             (width, left, right, self.weight.shape[3], self.strides[1],
+                                              self.dilations[1])):
+            sizes.append((size + before + after - (k - 1) * d - 1) // s + 1)
+        return (self.out_channels, *sizes)
+
+    def forward(self, x):
+        top, left, bottom, right = self.pads
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        out_ch, in_per_group, kh, kw = self.weight.shape
+        (dh, dw), (sh, sw) = self.dilations, self.strides
+        windows = sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+        windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]          # (n, c, oh, ow, kh, kw)
+        weight = self.weight.astype(np.float64)
+        per_group = out_ch // self.group
+        parts = [np.tensordot(windows[:, g * in_per_group:(g + 1) * in_per_group],
+                              weight[g * per_group:(g + 1) * per_group], axes=([1, 4, 5], [1, 2, 3]))
+                 for g in range(self.group)]
+        y = np.concatenate(parts, axis=-1).transpose(0, 3, 1, 2)  # (n, out, oh, ow)
+        return y if self.bias is None else y + self.bias.astype(np.float64)[None, :, None, None]
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        inputs = [x, builder.constant(f"{self.name}.weight", self.weight)]
+        if self.bias is not None:
+            inputs.append(builder.constant(f"{self.name}.bias", self.bias))
+        return builder.node("Conv", inputs, self.name, name=self.name, strides=list(self.strides),
+                            pads=list(self.pads), dilations=list(self.dilations), group=self.group,
+                            kernel_shape=list(self.weight.shape[2:]))
+
+    def describe(self):
+        return {**super().describe(), "out_channels": self.out_channels,
+                "kernel": list(self.weight.shape[2:]), "strides": list(self.strides), "pads": list(self.pads),
+                "group": self.group, "parameters": int(self.weight.size + self.out_channels)}
+
+
+@lifts("Conv")
+def lift_conv(node, ctx: LiftContext) -> Conv2d:
+    weight = ctx.constant(1, "weight").astype(np.float32)
+    if weight.ndim != 4:
+        raise ctx.fail(f"only 2-D convolutions are supported (weight of rank {weight.ndim})")
+    bias = ctx.optional_constant(2)
+    kernel = list(weight.shape[2:])
+    strides, dilations = ctx.ints("strides", [1, 1]), ctx.ints("dilations", [1, 1])
+    pads = ctx.explicit_pads(kernel, strides, dilations)
+    return Conv2d(node.name, weight, None if bias is None else bias.astype(np.float32),
+                  tuple(strides), tuple(pads), tuple(dilations), ctx.int("group", 1))

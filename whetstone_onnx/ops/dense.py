@@ -1,0 +1,47 @@
+"""Fully connected layers: ONNX Gemm (canonical form, see passes/linear.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..network import LinearLayer, OnnxBuilder
+from .registry import LiftContext, lifts
+
+
+@dataclass(eq=False)
+class Dense(LinearLayer):
+    name: str
+    weight: np.ndarray          # (out_features, in_features), float32
+    bias: np.ndarray | None     # (out_features,) float32, or None
+
+    kind = "dense"
+
+    def output_shape(self, input_shape):
+        return (self.out_channels,)
+
+    def forward(self, x):
+        y = x.reshape(len(x), -1) @ self.weight.astype(np.float64).T
+        return y if self.bias is None else y + self.bias.astype(np.float64)
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        inputs = [x, builder.constant(f"{self.name}.weight", self.weight)]
+        if self.bias is not None:
+            inputs.append(builder.constant(f"{self.name}.bias", self.bias))
+        return builder.node("Gemm", inputs, self.name, name=self.name, transB=1)
+
+    def describe(self):
+        return {**super().describe(), "in_features": int(self.weight.shape[1]),
+                "out_features": self.out_channels, "parameters": int(self.weight.size + self.out_channels)}
+
+
+@lifts("Gemm")
+def lift_gemm(node, ctx: LiftContext) -> Dense:
+    if ctx.int("transA", 0) or not ctx.int("transB", 0) or ctx.float("alpha", 1.0) != 1.0 \
+            or ctx.float("beta", 1.0) != 1.0:
+        raise ctx.fail("not in canonical form (the canonicalise_linear pass should have run)")
+    if len(ctx.input_shape) != 1:
+        raise ctx.fail(f"expects (batch, features) input, got per-sample shape {ctx.input_shape}")
+    weight = ctx.constant(1, "weight").astype(np.float32)
+    bias = ctx.optional_constant(2)
+    return Dense(node.name, weight, None if bias is None else bias.astype(np.float32).reshape(-1))

@@ -1,0 +1,124 @@
+"""Pooling. Max pooling stays in spiking networks: on binary spikes it is a
+logical OR of the window. Average pooling is linear: allowed, it feeds the
+next layer fractional values (the next layer's weights see them as inputs)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..network import Layer, OnnxBuilder
+from .registry import LiftContext, lifts
+
+
+@dataclass(eq=False)
+class Pool2d(Layer):
+    name: str
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)     # top, left, bottom, right
+    ceil_mode: bool = False
+
+    def _sizes(self, height: int, width: int) -> list[int]:
+        sizes = []
+        for size, before, after, k, s in ((height, self.pads[0], self.pads[2], self.kernel[0], self.strides[0]),
+                                          (width, self.pads[1], self.pads[3], self.kernel[1], self.strides[1])):
+            span = (size + before + after - k) / s
+            out = (math.ceil(span) if self.ceil_mode else math.floor(span)) + 1
+            if self.ceil_mode and (out - 1) * s >= size + before:
+                out -= 1  # the last window would start in the end padding
+            sizes.append(out)
+        return sizes
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], *self._sizes(*input_shape[1:]))
+
+    def _windows(self, x: np.ndarray, fill: float) -> np.ndarray:
+        """(n, c, oh, ow, kh, kw) windows over x padded with ``fill``."""
+        out_h, out_w = self._sizes(*x.shape[2:])
+        top, left, bottom, right = self.pads
+        # ceil_mode windows may run past the end padding: pad those cells too.
+        extra_h = max((out_h - 1) * self.strides[0] + self.kernel[0] - (x.shape[2] + top + bottom), 0)
+        extra_w = max((out_w - 1) * self.strides[1] + self.kernel[1] - (x.shape[3] + left + right), 0)
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom + extra_h), (left, right + extra_w)),
+                        constant_values=fill)
+        windows = sliding_window_view(padded, self.kernel, axis=(2, 3))
+        return windows[:, :, ::self.strides[0], ::self.strides[1]][:, :, :out_h, :out_w]
+
+    def _attributes(self) -> dict:
+        return {"kernel_shape": list(self.kernel), "strides": list(self.strides), "pads": list(self.pads),
+                "ceil_mode": int(self.ceil_mode)}
+
+    def describe(self):
+        return {**super().describe(), **self._attributes()}
+
+
+@dataclass(eq=False)
+class MaxPool2d(Pool2d):
+    kind = "maxpool2d"
+
+    def forward(self, x):
+        return self._windows(x, -np.inf).max(axis=(4, 5))
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        return builder.node("MaxPool", [x], self.name, name=self.name, **self._attributes())
+
+
+@dataclass(eq=False)
+class AvgPool2d(Pool2d):
+    count_include_pad: bool = False
+
+    kind = "avgpool2d"
+
+    def forward(self, x):
+        sums = self._windows(x, 0.0).sum(axis=(4, 5))
+        # Divisor per window: the cells inside the input, plus the pads if counted.
+        ones = np.ones((1, 1, *x.shape[2:]))
+        if self.count_include_pad:
+            top, left, bottom, right = self.pads
+            ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=1.0)
+            counted = Pool2d(self.name, self.kernel, self.strides, (0, 0, 0, 0), self.ceil_mode)
+            counts = counted._windows(ones, 0.0).sum(axis=(4, 5))
+        else:
+            counts = self._windows(ones, 0.0).sum(axis=(4, 5))
+        return sums / counts
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        return builder.node("AveragePool", [x], self.name, name=self.name,
+                            count_include_pad=int(self.count_include_pad), **self._attributes())
+
+
+def _pool_params(ctx: LiftContext) -> dict:
+    kernel = ctx.ints("kernel_shape", [])
+    if len(kernel) != 2:
+        raise ctx.fail("only 2-D pooling is supported")
+    strides = ctx.ints("strides", [1, 1])
+    if any(d != 1 for d in ctx.ints("dilations", [1, 1])):
+        raise ctx.fail("dilated pooling is not supported")
+    if ctx.string("auto_pad", "NOTSET") not in ("NOTSET", "VALID") and ctx.int("ceil_mode", 0):
+        raise ctx.fail("auto_pad together with ceil_mode is not supported")
+    return {"name": ctx.node.name, "kernel": tuple(kernel), "strides": tuple(strides),
+            "pads": tuple(ctx.explicit_pads(kernel, strides, [1, 1])), "ceil_mode": bool(ctx.int("ceil_mode", 0))}
+
+
+@lifts("MaxPool")
+def lift_max_pool(node, ctx: LiftContext) -> MaxPool2d:
+    if len(node.outputs) > 1 and node.outputs[1].uses():
+        raise ctx.fail("the Indices output is not supported")
+    return MaxPool2d(**_pool_params(ctx))
+
+
+@lifts("AveragePool")
+def lift_average_pool(node, ctx: LiftContext) -> AvgPool2d:
+    return AvgPool2d(**_pool_params(ctx), count_include_pad=bool(ctx.int("count_include_pad", 0)))
+
+
+@lifts("GlobalAveragePool", "GlobalMaxPool")
+def lift_global_pool(node, ctx: LiftContext) -> Pool2d:
+    if len(ctx.input_shape) != 3:
+        raise ctx.fail("only 2-D pooling is supported")
+    window = tuple(ctx.input_shape[1:])
+    pool_class = AvgPool2d if node.op_type == "GlobalAveragePool" else MaxPool2d
+    return pool_class(node.name, window, window)

@@ -1,0 +1,66 @@
+"""Layout ops that move no information: Reshape (and Flatten, Squeeze,
+Unsqueeze, which are reshapes) and Transpose, all per sample."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..network import Layer, OnnxBuilder
+from .registry import LiftContext, lifts
+
+
+@dataclass(eq=False)
+class Reshape(Layer):
+    name: str
+    shape: tuple[int, ...]      # per-sample target shape
+
+    kind = "reshape"
+
+    def output_shape(self, input_shape):
+        return self.shape
+
+    def forward(self, x):
+        return x.reshape(len(x), *self.shape)
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        target = builder.constant(f"{self.name}.shape", np.array([-1, *self.shape]), dtype=np.int64)
+        return builder.node("Reshape", [x, target], self.name, name=self.name)
+
+    def describe(self):
+        return {**super().describe(), "shape": list(self.shape)}
+
+
+@dataclass(eq=False)
+class Transpose(Layer):
+    name: str
+    perm: tuple[int, ...]       # per-sample permutation of axes
+
+    kind = "transpose"
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape[p] for p in self.perm)
+
+    def forward(self, x):
+        return x.transpose(0, *(p + 1 for p in self.perm))
+
+    def emit(self, builder: OnnxBuilder, x: str) -> str:
+        return builder.node("Transpose", [x], self.name, name=self.name, perm=[0, *(p + 1 for p in self.perm)])
+
+    def describe(self):
+        return {**super().describe(), "perm": list(self.perm)}
+
+
+@lifts("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def lift_reshape(node, ctx: LiftContext) -> Reshape:
+    if node.op_type == "Flatten" and ctx.int("axis", 1) != 1:
+        raise ctx.fail("only Flatten(axis=1) keeps the batch axis")
+    return Reshape(node.name, ctx.output_shape)
+
+
+@lifts("Transpose")
+def lift_transpose(node, ctx: LiftContext) -> Transpose:
+    perm = ctx.ints("perm", list(reversed(range(len(ctx.input_shape) + 1))))
+    if perm[0] != 0:
+        raise ctx.fail(f"perm {perm} moves the batch axis")
+    return Transpose(node.name, tuple(p - 1 for p in perm[1:]))

@@ -1,0 +1,35 @@
+"""Data-driven scale calibration of unbounded (ReLU) units.
+
+A bounded ReLU saturates at 1, a ReLU does not. Dividing a layer's weights and
+bias by a high percentile p of its positive pre-activations (and multiplying
+the next linear layer's weights by p, which is exact because ReLU is
+positively homogeneous) makes the bounded unit at sharpness 0 reproduce the
+original on all but the top (100 - percentile) % of activations.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..network import LinearLayer, Network
+from ..ops.activation import Sharpenable
+from .activations import COMMUTING_LAYERS
+
+DEFAULT_PERCENTILE = 99.9
+
+
+def calibrate_scales(network: Network, samples: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> int:
+    count = 0
+    h = np.asarray(samples, np.float64)
+    for i, layer in enumerate(network.layers):
+        if isinstance(layer, Sharpenable) and layer.source == "Relu":
+            positive = h[h > 0]
+            scale = float(np.percentile(positive, percentile)) if positive.size else 0.0
+            if scale > 0.0:
+                network.layers[i - 1].scale_outputs(1.0 / scale)
+                h = h / scale
+                following = network.neighbour(i, +1, (LinearLayer,), through=COMMUTING_LAYERS)
+                if following is not None:
+                    following.scale_inputs(scale)
+                count += 1
+        h = layer.forward(h)
+    return count

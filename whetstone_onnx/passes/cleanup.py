@@ -1,0 +1,121 @@
+"""Clean-up passes: pass-through ops, Constant nodes, shape computations, dead nodes.
+
+Each pass takes an onnx-ir model, rewrites it in place and returns how many
+rewrites it made (the report lists the counts).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.reference
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnx import helper
+
+from ..load import PINNED_OPSET
+from .graph import add_initializer, bypass, const_array, static_shape
+
+PASS_THROUGH_OPS = ("Identity", "Dropout")
+
+
+def remove_pass_through(model: ir.Model) -> int:
+    """Identity and (inference-mode) Dropout compute nothing: wire around them."""
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.op_type not in PASS_THROUGH_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        if any(out.uses() for out in node.outputs[1:]):
+            continue  # a Dropout mask is read: leave it for the unsupported-op report
+        bypass(graph, node, node.inputs[0])
+        count += 1
+    return count
+
+
+def lift_constants(model: ir.Model) -> int:
+    """Constant nodes become initializers, so every later pass sees weights one way."""
+    before = sum(1 for n in model.graph if n.op_type == "Constant")
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    return before - sum(1 for n in model.graph if n.op_type == "Constant")
+
+
+def pin_batch(model: ir.Model) -> int:
+    """Give the data input a batch of 1 and infer every shape statically.
+
+    The canonical network is described per sample; with the batch pinned, the
+    shape sub-graphs exporters write (Shape -> Gather -> Concat -> Reshape)
+    become constants that the next pass folds. Emitters put a dynamic batch back.
+    """
+    data_input = model.graph.inputs[0]
+    dims = list(data_input.shape) if data_input.shape is not None else []
+    changed = int(bool(dims) and dims[0] != 1)
+    if dims:
+        data_input.shape = ir.Shape([1, *dims[1:]])
+    for node in model.graph:
+        for out in node.outputs:
+            if not out.is_graph_output():
+                out.shape = None
+    common_passes.ShapeInferencePass(strict_mode=False)(model)
+    return changed
+
+
+def fold_constants(model: ir.Model) -> int:
+    """Evaluate every node whose inputs are all known: shape arithmetic, weight transposes, casts."""
+    graph, count = model.graph, 0
+    for node in list(graph):
+        values = _known_outputs(node)
+        if values is None:
+            continue
+        for out, array in zip(node.outputs, values):
+            const = add_initializer(graph, out.name or "folded", np.asarray(array))
+            if out.is_graph_output():
+                continue  # a constant model output is nonsense; leave it to fail later
+            out.replace_all_uses_with(const)
+        if not any(out.is_graph_output() for out in node.outputs):
+            graph.remove(node, safe=True)
+            count += 1
+    return count
+
+
+def remove_dead_nodes(model: ir.Model) -> int:
+    before = model.graph.num_nodes()
+    common_passes.RemoveUnusedNodesPass()(model)
+    return before - model.graph.num_nodes()
+
+
+def _known_outputs(node: ir.Node) -> list[np.ndarray] | None:
+    if node.domain not in ("", "ai.onnx") or node.op_type in ("RandomNormal", "RandomUniform",
+                                                             "RandomNormalLike", "RandomUniformLike"):
+        return None
+    if node.op_type == "Shape" and node.inputs[0] is not None:
+        shape = static_shape(node.inputs[0])
+        if shape is None:
+            return None
+        start = node.attributes.get_int("start", 0)
+        end = node.attributes.get_int("end", len(shape))
+        return [np.array(shape[start:end], dtype=np.int64)]
+    if node.op_type == "Size" and node.inputs[0] is not None:
+        shape = static_shape(node.inputs[0])
+        return None if shape is None else [np.array(int(np.prod(shape)), dtype=np.int64)]
+    arrays = [const_array(v) if v is not None else None for v in node.inputs]
+    if not node.inputs or any(v is not None and a is None for v, a in zip(node.inputs, arrays)):
+        return None
+    return _evaluate(node, arrays)
+
+
+def _evaluate(node: ir.Node, arrays: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Run one node with onnx's reference evaluator."""
+    input_names = [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)]
+    output_names = [f"out{i}" for i in range(len(node.outputs))]
+    proto = ir.serde.serialize_node(node)
+    proto.ClearField("input")
+    proto.input.extend(input_names)
+    proto.ClearField("output")
+    proto.output.extend(output_names)
+    graph = helper.make_graph(
+        [proto], "fold",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in zip(input_names, arrays) if a is not None],
+        [helper.make_empty_tensor_value_info(n) for n in output_names])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", PINNED_OPSET)])
+    feeds = {n: a for n, a in zip(input_names, arrays) if a is not None}
+    return list(onnx.reference.ReferenceEvaluator(model).run(None, feeds))

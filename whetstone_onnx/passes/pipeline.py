@@ -1,0 +1,62 @@
+"""The conversion pipeline, in order: ONNX-level passes over an onnx-ir model,
+then the lift to a Network, then Network-level passes.
+
+Each pass does one job and returns how many rewrites it made; ``run_onnx_passes``
+records the counts for the report.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+import onnx_ir as ir
+
+from ..ops import LIFTERS
+from .batchnorm import SCALE_SHIFT_OPS, fold_batchnorm, fold_scale_shift
+from .cleanup import PASS_THROUGH_OPS, fold_constants, lift_constants, pin_batch, remove_dead_nodes, \
+    remove_pass_through
+from .layout import fold_layout_transpose
+from .linear import canonicalise_linear
+from .output import OUTPUT_NORMALISERS, remove_output_softmax
+
+ONNX_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
+    ("remove_pass_through", remove_pass_through),
+    ("lift_constants", lift_constants),
+    ("pin_batch", pin_batch),
+    ("fold_constants", fold_constants),
+    ("remove_dead_nodes", remove_dead_nodes),
+    ("remove_output_softmax", remove_output_softmax),
+    ("canonicalise_linear", canonicalise_linear),
+    ("fold_batchnorm", fold_batchnorm),
+    ("fold_scale_shift", fold_scale_shift),
+    ("fold_layout_transpose", fold_layout_transpose),
+    ("remove_dead_nodes_final", remove_dead_nodes),
+]
+
+# Ops that the passes above fold away when their inputs are constant or
+# their neighbours allow: shape arithmetic (as Keras' dynamic flatten writes it),
+# batch norm and scale/shift, MatMul (+ Add), pass-throughs, output normalisers.
+SHAPE_ARITHMETIC_OPS = ("Constant", "Shape", "Size", "Gather", "Cast", "Slice", "Concat", "ReduceProd",
+                        "Range", "ConstantOfShape", "Expand")
+PASS_HANDLED_OPS = frozenset((*PASS_THROUGH_OPS, *SHAPE_ARITHMETIC_OPS, "BatchNormalization",
+                              *SCALE_SHIFT_OPS, "MatMul", *OUTPUT_NORMALISERS))
+
+
+def supported_op_types() -> frozenset[str]:
+    return frozenset(LIFTERS) | PASS_HANDLED_OPS
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(op type, node name) of every node no pass or op family handles."""
+    supported = supported_op_types()
+    return [(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}", node.name)
+            for node in model.graph.node
+            if node.domain not in ("", "ai.onnx") or node.op_type not in supported]
+
+
+def run_onnx_passes(proto: onnx.ModelProto) -> tuple[ir.Model, dict[str, int]]:
+    model = ir.serde.deserialize_model(proto)
+    counts = {}
+    for name, onnx_pass in ONNX_PASSES:
+        counts[name] = onnx_pass(model)
+    return model, counts
