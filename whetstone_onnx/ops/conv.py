@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..network import LinearLayer, OnnxBuilder
 from .registry import LiftContext, lifts
@@ -35,17 +34,22 @@ class Conv2d(LinearLayer):
 
     def forward(self, x):
         top, left, bottom, right = self.pads
-        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        # Channels last, so each kernel offset is one BLAS matrix product (no im2col copy).
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))).transpose(0, 2, 3, 1).copy()
         out_ch, in_per_group, kh, kw = self.weight.shape
+        _, out_h, out_w = self.output_shape(x.shape[1:])
         (dh, dw), (sh, sw) = self.dilations, self.strides
-        windows = sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-        windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]          # (n, c, oh, ow, kh, kw)
         weight = self.weight.astype(np.float64)
         per_group = out_ch // self.group
-        parts = [np.tensordot(windows[:, g * in_per_group:(g + 1) * in_per_group],
-                              weight[g * per_group:(g + 1) * per_group], axes=([1, 4, 5], [1, 2, 3]))
-                 for g in range(self.group)]
-        y = np.concatenate(parts, axis=-1).transpose(0, 3, 1, 2)  # (n, out, oh, ow)
+        y = np.zeros((len(x), out_h, out_w, out_ch))
+        for g in range(self.group):
+            ins, outs = slice(g * in_per_group, (g + 1) * in_per_group), slice(g * per_group, (g + 1) * per_group)
+            for i in range(kh):
+                for j in range(kw):
+                    patch = padded[:, i * dh:i * dh + sh * (out_h - 1) + 1:sh,
+                                   j * dw:j * dw + sw * (out_w - 1) + 1:sw, ins]
+                    y[..., outs] += patch @ weight[outs, :, i, j].T
+        y = y.transpose(0, 3, 1, 2)
         return y if self.bias is None else y + self.bias.astype(np.float64)[None, :, None, None]
 
     def emit(self, builder: OnnxBuilder, x: str) -> str:

@@ -51,7 +51,8 @@ def bypass(graph: ir.Graph, node: ir.Node, replacement: ir.Value) -> None:
 
 
 def replace_node(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
-    """Put ``new`` where ``old`` was; ``new``'s first output takes over ``old``'s."""
+    """Put ``new`` where ``old`` was; ``new``'s first output takes over ``old``'s (and its shape)."""
+    new.outputs[0].shape, new.outputs[0].type = old.outputs[0].shape, old.outputs[0].type
     graph.insert_before(old, new)
     bypass(graph, old, new.outputs[0])
 

@@ -1,0 +1,105 @@
+"""End-to-end conversion through the API on fixture models exported by frameworks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS
+
+from whetstone_onnx import api, runtime
+from whetstone_onnx.emit import to_onnx
+from whetstone_onnx.errors import DataError, UnsupportedModelError
+from whetstone_onnx.ops.activation import Spike
+
+
+@pytest.fixture(scope="module")
+def digits_dense(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits_dense")
+    return api.convert(MODELS / "digits_dense.onnx", out, data="digits"), out
+
+
+def test_dense_keras_export_converts_with_bit_exact_spikes(digits_dense):
+    result, out = digits_dense
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "whetstone_onnx.report" and report["passed"]
+    for name in ("sharpenable.onnx", "spiking.onnx"):
+        onnx.checker.check_model(onnx.load(out / name), full_check=True)
+    accuracy = report["accuracy"]
+    assert accuracy["original"] >= 0.95
+    assert accuracy["float"] == accuracy["original"]
+    assert report["equivalence"]["float"]["relative_diff"] <= 1e-4
+    assert report["equivalence"]["sharpenable"]["class_agreement"] >= 0.9
+    assert accuracy["spiking"] > 0.10      # better than chance before any fine-tuning
+    spikes = report["equivalence"]["spiking"]
+    assert spikes["passed"] and spikes["unexplained"] == 0 and len(spikes["layers"]) == 3
+    assert report["finetune"]["performed"] is False
+    assert report["passes"]["onnx"]["canonicalise_linear"] == 3
+    assert report["passes"]["network"]["replace_activations"] == 2
+
+
+def test_spiking_graph_has_binary_hidden_units_with_bias_folded_into_thresholds(digits_dense):
+    result, out = digits_dense
+    spiking = onnx.load(out / "spiking.onnx")
+    assert {f.name for f in spiking.functions} == {"Spike", "NHotDecode"}
+    assert sum(n.op_type == "Spike" for n in spiking.graph.node) == 3
+    assert all(len(n.input) == 2 for n in spiking.graph.node if n.op_type == "Gemm")   # no bias
+    hidden = runtime.run(to_onnx(result.spiking_network, graph_name="t", expose_layers=True),
+                         np.random.default_rng(1).uniform(0, 1, (50, 64)).astype(np.float32))
+    for layer in result.spiking_network.layers:
+        if isinstance(layer, Spike):
+            assert set(np.unique(hidden[layer.name])) <= {0.0, 1.0}
+    sharpenable = onnx.load(out / "sharpenable.onnx")
+    sharpness = [i for i in sharpenable.graph.initializer if i.name.endswith(".sharpness")]
+    assert len(sharpness) == 3 and all(onnx.numpy_helper.to_array(s) == 0.0 for s in sharpness)
+
+
+def test_reruns_are_byte_identical(digits_dense, tmp_path):
+    _, out = digits_dense
+    api.convert(MODELS / "digits_dense.onnx", tmp_path, data="digits")
+    for name in ("sharpenable.onnx", "spiking.onnx"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
+
+
+@pytest.mark.parametrize("model,normalize", [("digits_conv.onnx", None),
+                                             ("torchstyle_digits_conv.onnx", (0.5, 0.5))])
+def test_conv_fixtures_convert_and_spikes_agree(model, normalize):
+    result = api.convert(MODELS / model, data="digits", normalize=normalize)
+    assert result.passed
+    assert result.accuracy["float"] == result.accuracy["original"] >= 0.94
+    assert result.report["equivalence"]["spiking"]["unexplained"] == 0
+    assert result.report["equivalence"]["sharpenable"]["class_agreement"] >= 0.9
+
+
+def test_readout_output_keeps_a_float_last_layer_and_key_width_is_honoured():
+    readout = api.convert(MODELS / "digits_dense.onnx", data="digits", output="readout")
+    assert readout.passed and readout.spiking_network.layers[-1].kind == "dense"
+    assert sum(isinstance(layer, Spike) for layer in readout.spiking_network.layers) == 2
+    wide = api.convert(MODELS / "digits_dense.onnx", data="digits", key_width=20, seed=3)
+    assert wide.spiking_network.layers[-1].key.shape == (10, 20)
+
+
+def test_mnist_dense_converts_on_the_shared_split(mnist_dir):
+    result = api.convert(MODELS / "mnist_dense.onnx", data=f"mnist:{mnist_dir}")
+    assert result.report["data"]["test_samples"] == 2000 and result.passed
+    assert result.accuracy["original"] >= 0.94
+
+
+def test_without_data_checks_run_on_random_inputs():
+    result = api.convert(MODELS / "digits_dense.onnx")
+    assert result.accuracy is None and result.passed
+    assert result.report["calibration"]["source"] == "random"
+
+
+def test_unsupported_ops_are_all_listed_before_any_work(tmp_path):
+    with pytest.raises(UnsupportedModelError, match=r"unsupported ops: Tanh \('/act/Tanh'\)"):
+        api.convert(MODELS / "digits_tanh.onnx", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    inspected = api.inspect(MODELS / "digits_lstm.onnx")
+    assert not inspected.supported and [op for op, _ in inspected.unsupported] == ["LSTM"]
+
+
+def test_data_that_does_not_fit_the_model_is_a_data_error():
+    with pytest.raises(DataError, match=r"samples of shape \(8, 8\) do not fit the model input \(784,\)"):
+        api.convert(MODELS / "mnist_dense.onnx", data="digits")

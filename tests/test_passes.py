@@ -1,0 +1,172 @@
+"""The ONNX-level passes: exact batch-norm folding in every linear form, scale/shift
+folding, clean-up, and lifting framework exports to the canonical network."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, graph_model
+from onnx import helper
+
+from whetstone_onnx import runtime
+from whetstone_onnx.emit import to_onnx
+from whetstone_onnx.errors import UnsupportedModelError
+from whetstone_onnx.lift import lift
+from whetstone_onnx.load import load_model
+from whetstone_onnx.passes.pipeline import run_onnx_passes
+
+BN_TOLERANCE = 1e-5   # max abs difference relative to the output scale
+
+
+def canonical(model: onnx.ModelProto):
+    """(float model emitted from the canonical network, pass counts, network)."""
+    ir_model, counts = run_onnx_passes(load_model(model).model)
+    network = lift(ir_model)
+    return to_onnx(network, graph_name="float"), counts, network
+
+
+def relative_difference(original, converted, x) -> float:
+    expected = runtime.predict(original, x)
+    actual = runtime.predict(converted, x)
+    return float(np.abs(expected - actual).max() / np.abs(expected).max())
+
+
+def batchnorm_params(rng, channels, prefix="bn"):
+    return {f"{prefix}.gamma": rng.uniform(0.5, 2.0, channels).astype(np.float32),
+            f"{prefix}.beta": rng.normal(size=channels).astype(np.float32),
+            f"{prefix}.mean": rng.normal(size=channels).astype(np.float32),
+            f"{prefix}.var": rng.uniform(0.1, 3.0, channels).astype(np.float32)}
+
+
+def bn_node(x, y, prefix="bn", epsilon=1e-3):
+    return helper.make_node("BatchNormalization", [x, f"{prefix}.gamma", f"{prefix}.beta", f"{prefix}.mean",
+                                                   f"{prefix}.var"], [y], name=prefix, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("trans_a,trans_b,alpha,beta,bias_shape", [
+    *itertools.product([0, 1], [0, 1], [1.0, 0.7], [1.0, 1.3], [(6,)]),
+    (0, 1, 1.0, 1.0, (1, 6)), (0, 0, 1.0, 2.0, ()), (0, 1, 1.0, 1.0, None)])
+def test_batchnorm_folds_exactly_into_every_gemm_form(rng, trans_a, trans_b, alpha, beta, bias_shape):
+    weight = rng.normal(size=(6, 5) if trans_b else (5, 6)).astype(np.float32)
+    inits = {"W": weight, **batchnorm_params(rng, 6)}
+    gemm_inputs = ["xt" if trans_a else "x", "W"]
+    if bias_shape is not None:
+        inits["C"] = rng.normal(size=bias_shape).astype(np.float32)
+        gemm_inputs.append("C")
+    nodes = ([helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0], name="t")] if trans_a else []) + [
+        helper.make_node("Gemm", gemm_inputs, ["g"], name="gemm", transA=trans_a, transB=trans_b,
+                         alpha=alpha, beta=beta),
+        bn_node("g", "y")]
+    model = graph_model(nodes, inits, [5], [6])
+    converted, counts, network = canonical(model)
+    assert counts["fold_batchnorm"] == 1
+    assert [layer.kind for layer in network.layers] == ["dense"]
+    assert relative_difference(model, converted, rng.normal(size=(64, 5)).astype(np.float32)) <= BN_TOLERANCE
+
+
+@pytest.mark.parametrize("with_add", [True, False])
+def test_batchnorm_folds_exactly_into_matmul(rng, with_add):
+    inits = {"W": rng.normal(size=(5, 6)).astype(np.float32), "b": rng.normal(size=6).astype(np.float32),
+             **batchnorm_params(rng, 6)}
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm")]
+    if with_add:
+        nodes.append(helper.make_node("Add", ["m", "b"], ["a"], name="add"))
+    nodes.append(bn_node("a" if with_add else "m", "y"))
+    model = graph_model(nodes, inits, [5], [6])
+    converted, counts, network = canonical(model)
+    assert counts["fold_batchnorm"] == 1 and len(network.layers) == 1
+    assert relative_difference(model, converted, rng.normal(size=(64, 5)).astype(np.float32)) <= BN_TOLERANCE
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_batchnorm_folds_exactly_into_conv(rng, with_bias):
+    inits = {"W": rng.normal(size=(4, 2, 3, 3)).astype(np.float32), "B": rng.normal(size=4).astype(np.float32),
+             **batchnorm_params(rng, 4)}
+    nodes = [helper.make_node("Conv", ["x", "W", "B"] if with_bias else ["x", "W"], ["c"], name="conv",
+                              pads=[1, 1, 1, 1]),
+             bn_node("c", "y", epsilon=1e-5)]
+    model = graph_model(nodes, inits, [2, 6, 6], [4, 6, 6])
+    converted, counts, _ = canonical(model)
+    assert counts["fold_batchnorm"] == 1
+    assert relative_difference(model, converted, rng.normal(size=(16, 2, 6, 6)).astype(np.float32)) <= BN_TOLERANCE
+
+
+def test_batchnorm_after_activation_folds_forward_into_unpadded_conv_and_flattened_gemm(rng):
+    inits = {"W1": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "B1": rng.normal(size=4).astype(np.float32),
+             "W2": rng.normal(size=(3, 4, 2, 2)).astype(np.float32), "B2": rng.normal(size=3).astype(np.float32),
+             "W3": rng.normal(size=(5, 27)).astype(np.float32), "B3": rng.normal(size=5).astype(np.float32),
+             "shape": np.array([-1, 27], np.int64), **batchnorm_params(rng, 4, "bn1"),
+             **batchnorm_params(rng, 3, "bn2")}
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             bn_node("r1", "n1", "bn1"),
+             helper.make_node("Conv", ["n1", "W2", "B2"], ["c2"], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             bn_node("r2", "n2", "bn2"),
+             helper.make_node("Reshape", ["n2", "shape"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "W3", "B3"], ["y"], name="fc", transB=1)]
+    model = graph_model(nodes, inits, [1, 4, 4], [5])
+    converted, counts, network = canonical(model)
+    assert counts["fold_batchnorm"] == 2
+    assert "BatchNormalization" not in {n.op_type for n in converted.graph.node}
+    assert relative_difference(model, converted, rng.normal(size=(32, 1, 4, 4)).astype(np.float32)) <= BN_TOLERANCE
+
+
+def test_batchnorm_before_padded_conv_is_reported_not_folded(rng):
+    inits = {"W1": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "W2": rng.normal(size=(2, 4, 3, 3)).astype(
+        np.float32), **batchnorm_params(rng, 4)}
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             bn_node("r1", "n1"),
+             helper.make_node("Conv", ["n1", "W2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    model = graph_model(nodes, inits, [1, 6, 6], [2, 4, 4])
+    with pytest.raises(UnsupportedModelError, match=r"node 'bn' \(BatchNormalization\) could not be folded"):
+        canonical(model)
+
+
+def test_tf2onnx_style_mul_add_pairs_and_pass_throughs_fold(rng):
+    inits = {"W": rng.normal(size=(5, 6)).astype(np.float32), "s": rng.uniform(0.5, 2, 6).astype(np.float32),
+             "t": rng.normal(size=(1, 6)).astype(np.float32), "W2": rng.normal(size=(6, 3)).astype(np.float32),
+             "half": np.array(0.5, np.float32)}
+    nodes = [helper.make_node("Identity", ["x"], ["xi"], name="id"),
+             helper.make_node("MatMul", ["xi", "W"], ["m"], name="mm"),
+             helper.make_node("Mul", ["m", "s"], ["ms"], name="bn/mul"),
+             helper.make_node("Add", ["ms", "t"], ["mt"], name="bn/add"),
+             helper.make_node("Relu", ["mt"], ["r"], name="relu"),
+             helper.make_node("Dropout", ["r"], ["d"], name="drop"),
+             helper.make_node("Div", ["d", "half"], ["dd"], name="rescale"),
+             helper.make_node("MatMul", ["dd", "W2"], ["y"], name="mm2")]
+    model = graph_model(nodes, inits, [5], [3])
+    converted, counts, network = canonical(model)
+    assert counts["remove_pass_through"] == 2
+    assert counts["fold_scale_shift"] == 3
+    assert [layer.kind for layer in network.layers] == ["dense", "activation", "dense"]
+    assert relative_difference(model, converted, rng.normal(size=(64, 5)).astype(np.float32)) <= 1e-5
+
+
+def test_keras_dynamic_flatten_and_layout_transpose_are_folded(rng):
+    """Keras' export: Reshape to NCHW, Conv, Transpose back to NHWC, Shape/Gather/Concat flatten."""
+    model = onnx.load(MODELS / "mnist_conv.onnx")
+    converted, counts, network = canonical(model)
+    assert counts["fold_constants"] >= 5 and counts["fold_layout_transpose"] == 1
+    assert counts["fold_scale_shift"] >= 2          # the dense layer's batch norm, written as Mul + Add
+    kinds = [layer.kind for layer in network.layers]
+    assert "transpose" not in kinds and kinds.count("conv2d") == 2 and kinds.count("dense") == 2
+    x = rng.uniform(0, 1, size=(32, 28, 28, 1)).astype(np.float32)
+    expected = runtime.predict(model, x)
+    logits = runtime.predict(converted, x)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    assert np.abs(expected - probabilities).max() <= 1e-5
+
+
+def test_pytorch_opset11_graph_is_pinned_and_lifted():
+    loaded = load_model(MODELS / "torchstyle_digits_conv.onnx")
+    assert loaded.original_opset == 11
+    converted, counts, network = canonical(onnx.load(MODELS / "torchstyle_digits_conv.onnx"))
+    assert counts["fold_batchnorm"] == 1 and counts["lift_constants"] >= 1
+    assert [layer.kind for layer in network.layers] == [
+        "conv2d", "activation", "maxpool2d", "conv2d", "activation", "reshape", "dense", "activation", "dense"]
+    onnx.checker.check_model(converted, full_check=True)

@@ -1,0 +1,257 @@
+"""The typed public API: ``inspect`` and ``convert``. The CLI is a thin shell over it."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import check, runtime
+from .artifacts import json_bytes, sha256, write_atomic
+from .data import Dataset, fit_to_input, load_dataset
+from .emit import to_onnx
+from .errors import DataError, UnsupportedModelError
+from .lift import lift
+from .load import PINNED_IR_VERSION, PINNED_OPSET, LoadedModel, load_model
+from .network import Network
+from .ops.activation import Activation, Sharpenable, Spike
+from .passes.activations import activations_before_pooling, replace_activations
+from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
+from .passes.output import OUTPUT_NORMALISERS
+from .passes.output_stage import OUTPUT_MODES, make_output_stage
+from .passes.pipeline import run_onnx_passes, supported_op_types, unsupported_nodes
+from .passes.spiking import to_step_network
+from .report import SCHEMA, SCHEMA_VERSION, accuracy_table, package_versions
+from .spiking_onnx import DOMAIN, DOMAIN_VERSION
+
+ModelInput = str | Path | onnx.ModelProto
+CALIBRATION_SAMPLES = 1000
+RANDOM_CHECK_SAMPLES = 256
+FINETUNE_NOT_AVAILABLE = "fine-tuning is not available yet: layers were sharpened instantly (--no-finetune)"
+
+
+# ----------------------------------------------------------------------------- inspect
+
+@dataclass
+class InspectResult:
+    source: str
+    opset: int
+    ops: dict[str, dict]                          # op type -> {"count", "supported"}
+    unsupported: list[tuple[str, str]]            # (op type, node name)
+    layers: list[dict] = field(default_factory=list)   # planned network, when supported
+    problem: str | None = None                    # why the plan failed, when it did
+
+    @property
+    def supported(self) -> bool:
+        return not self.unsupported and self.problem is None
+
+    def to_dict(self) -> dict:
+        return {"model": self.source, "opset": self.opset, "supported": self.supported, "ops": self.ops,
+                "unsupported": [{"op_type": t, "node": n} for t, n in self.unsupported],
+                "problem": self.problem, "layers": self.layers}
+
+
+def inspect(model: ModelInput) -> InspectResult:
+    """What the model holds, what is supported, and the spiking layers the converter would build."""
+    loaded = load_model(model)
+    counts = Counter(node.op_type for node in loaded.model.graph.node)
+    supported = supported_op_types()
+    result = InspectResult(loaded.source, loaded.original_opset,
+                           {op: {"count": n, "supported": op in supported} for op, n in sorted(counts.items())},
+                           unsupported_nodes(loaded.model))
+    if result.unsupported:
+        return result
+    try:
+        network = _float_network(loaded)[0]
+        replace_activations(network)
+    except UnsupportedModelError as exc:
+        result.problem = exc.message
+        return result
+    result.layers = _layer_table(network)
+    return result
+
+
+# ----------------------------------------------------------------------------- convert
+
+@dataclass
+class ConversionResult:
+    report: dict
+    float_model: onnx.ModelProto
+    sharpenable_model: onnx.ModelProto
+    spiking_model: onnx.ModelProto
+    sharpenable_network: Network
+    spiking_network: Network
+    out_dir: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.report["passed"]
+
+    @property
+    def accuracy(self) -> dict | None:
+        return self.report["accuracy"]
+
+    def summary(self) -> str:
+        return accuracy_table(self.report)
+
+
+def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
+            normalize: tuple[float, float] | None = None, output: str = "nhot", key_width: int | None = None,
+            seed: int = 0, finetune: bool = False) -> ConversionResult:
+    """Convert a trained ONNX classifier into sharpenable and spiking ONNX graphs.
+
+    With ``out_dir``, writes sharpenable.onnx, spiking.onnx and report.json
+    there (each atomically, after every check has run). Raises ``InputError``,
+    ``UnsupportedModelError`` or ``DataError`` on bad input, before writing anything.
+    """
+    if output not in OUTPUT_MODES:
+        raise UnsupportedModelError(f"--output {output!r}: expected one of {', '.join(OUTPUT_MODES)}")
+    timings: dict[str, float] = {}
+    clock = _Clock(timings)
+
+    with clock("load"):
+        loaded = load_model(model)
+        unsupported = unsupported_nodes(loaded.model)
+        if unsupported:
+            raise UnsupportedModelError(f"{loaded.source}: unsupported ops: " + ", ".join(
+                f"{op} ('{name}')" for op, name in unsupported))
+        dataset = load_dataset(data) if isinstance(data, str) else data
+    with clock("passes"):
+        float_network, onnx_counts, normaliser = _float_network(loaded)
+    train, test, rng = _inputs(dataset, float_network, normalize, seed)
+    calibration = train[rng.permutation(len(train))[:CALIBRATION_SAMPLES]]
+
+    with clock("float_check"):
+        float_model = to_onnx(float_network, graph_name="float")
+        float_check = check.check_float(loaded.model, float_model, normaliser, _check_inputs(test, rng))
+    with clock("sharpen"):
+        sharpenable = float_network.copy()
+        network_counts = {
+            "activations_before_pooling": activations_before_pooling(sharpenable),
+            "replace_activations": replace_activations(sharpenable),
+            "calibrate_scales": calibrate_scales(sharpenable, calibration),
+            "make_output_stage": make_output_stage(sharpenable, output, calibration, key_width=key_width,
+                                                   seed=seed),
+        }
+        sharpenable_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded, "sharpenable"))
+        agreement = check.class_agreement(loaded.model, sharpenable_model, test)
+        # No fine-tuning yet: every layer is sharpened at once.
+        spiking = sharpenable.copy()
+        for layer in spiking.layers:
+            if isinstance(layer, Sharpenable):
+                layer.sharpness = 1.0
+        network_counts["to_step_network"] = to_step_network(spiking)
+        spiking_model = to_onnx(spiking, graph_name="spiking", doc=_doc(loaded, "spiking"))
+    with clock("spike_check"):
+        spike_check = check.check_spiking(spiking, test)
+    accuracy = None
+    if dataset is not None:
+        with clock("accuracy"):
+            accuracy = {name: _accuracy(m, test, dataset.y_test) for name, m in
+                        (("original", loaded.model), ("float", float_model),
+                         ("sharpenable", sharpenable_model), ("spiking", spiking_model))}
+
+    sharpenable_bytes, spiking_bytes = sharpenable_model.SerializeToString(), spiking_model.SerializeToString()
+    report = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "model": {"path": loaded.source, "sha256": loaded.sha256, "opset": loaded.original_opset,
+                  "ir_version": loaded.original_ir_version,
+                  "input": {"name": float_network.input_name, "shape": list(float_network.input_shape)},
+                  "output": {"name": float_network.output_name, "classes": sharpenable.num_classes,
+                             "removed_normaliser": normaliser}},
+        "output_opset": {"ai.onnx": PINNED_OPSET, DOMAIN: DOMAIN_VERSION, "ir_version": PINNED_IR_VERSION},
+        "options": {"data": dataset.spec if dataset else None, "normalize": list(normalize) if normalize else None,
+                    "output": output, "key_width": key_width, "seed": seed},
+        "passes": {"onnx": onnx_counts, "network": network_counts},
+        "layers": _layer_table(spiking),
+        "calibration": {"source": "data" if dataset else "random", "samples": len(calibration),
+                        "percentile": DEFAULT_PERCENTILE},
+        "finetune": {"requested": finetune, "performed": False, "reason": FINETUNE_NOT_AVAILABLE},
+        "data": None if dataset is None else {"spec": dataset.spec, "train_samples": len(dataset.y_train),
+                                              "test_samples": len(dataset.y_test)},
+        "accuracy": accuracy,
+        "equivalence": {
+            "float": asdict(float_check),
+            "sharpenable": {"samples": len(test), "sharpness": 0.0, "class_agreement": agreement},
+            "spiking": spike_check.to_dict(),
+        },
+        "artifacts": {"sharpenable.onnx": {"sha256": sha256(sharpenable_bytes)},
+                      "spiking.onnx": {"sha256": sha256(spiking_bytes)}},
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "versions": package_versions(),
+        "passed": float_check.passed and spike_check.passed,
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        write_atomic(out_dir / "sharpenable.onnx", sharpenable_bytes)
+        write_atomic(out_dir / "spiking.onnx", spiking_bytes)
+        write_atomic(out_dir / "report.json", json_bytes(report))
+    return ConversionResult(report, float_model, sharpenable_model, spiking_model, sharpenable, spiking,
+                            out_dir)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+class _Clock:
+    """``with clock("stage"):`` adds the stage's wall time to the timings."""
+
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+
+    def __call__(self, stage: str):
+        self.stage = stage
+        return self
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.start
+
+
+def _float_network(loaded: LoadedModel) -> tuple[Network, dict[str, int], str | None]:
+    last = next((n for n in loaded.model.graph.node if loaded.model.graph.output[0].name in n.output), None)
+    normaliser = last.op_type if last is not None and last.op_type in OUTPUT_NORMALISERS else None
+    model, counts = run_onnx_passes(loaded.model)
+    return lift(model), counts, normaliser
+
+
+def _inputs(dataset: Dataset | None, network: Network, normalize, seed: int):
+    """(train inputs, test inputs, rng) fitted to the model; random inputs without data."""
+    rng = np.random.default_rng(seed)
+    if dataset is None:
+        if normalize is not None:
+            raise DataError("--normalize needs --data")
+        random = rng.standard_normal((2 * RANDOM_CHECK_SAMPLES, *network.input_shape)).astype(np.float32)
+        return random[:RANDOM_CHECK_SAMPLES], random[RANDOM_CHECK_SAMPLES:], rng
+    train = fit_to_input(dataset.x_train, network.input_shape, normalize, spec=dataset.spec)
+    test = fit_to_input(dataset.x_test, network.input_shape, normalize, spec=dataset.spec)
+    return train, test, rng
+
+
+def _check_inputs(test: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Real inputs plus random ones, so the float check also covers off-distribution values."""
+    random = rng.standard_normal((min(len(test), RANDOM_CHECK_SAMPLES), *test.shape[1:])).astype(np.float32)
+    return np.concatenate([test, random])
+
+
+def _accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(runtime.predict(model, x).reshape(len(x), -1).argmax(1) == labels))
+
+
+def _layer_table(network: Network) -> list[dict]:
+    rows, shape = [], network.input_shape
+    for layer in network.layers:
+        out = layer.output_shape(shape)
+        role = {Spike: "spiking", Sharpenable: "spiking", Activation: "float activation"}.get(type(layer))
+        rows.append({**layer.describe(), "input_shape": list(shape), "output_shape": list(out),
+                     **({"role": role} if role else {})})
+        shape = out
+    return rows
+
+
+def _doc(loaded: LoadedModel, kind: str) -> str:
+    return f"whetstone_onnx {kind} graph of {Path(loaded.source).name} (sha256 {loaded.sha256[:16]})"

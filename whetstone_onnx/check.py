@@ -1,0 +1,125 @@
+"""Equivalence checks between representations, judged by onnxruntime.
+
+* float: the canonical float network (emitted to ONNX) against the original
+  model, value by value within float32 tolerance;
+* sharpenable: the sharpenable graph at its current sharpness against the
+  original, as the rate at which they predict the same class;
+* spiking: spiking.onnx against the NumPy reference of the step network,
+  spike for spike, layer by layer. Each neuron group is checked from
+  onnxruntime's spikes of the layer before, so one tie does not cascade.
+  Mismatches whose potential lies within ``TIE_MARGIN`` (relative) of the
+  threshold are float-summation-order ties and are counted as such; any other
+  mismatch fails the check.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from . import runtime
+from .emit import to_onnx
+from .network import Network
+from .ops.activation import Spike
+
+FLOAT_TOLERANCE = 1e-4       # relative to the output scale
+TIE_MARGIN = 1e-5            # relative to the layer's largest |potential|
+
+
+def normalise_output(logits: np.ndarray, normaliser: str | None) -> np.ndarray:
+    """Apply the output normaliser that the passes removed, so outputs compare with the original's."""
+    if normaliser is None:
+        return logits
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return log_probabilities if normaliser == "LogSoftmax" else np.exp(log_probabilities)
+
+
+@dataclass
+class FloatCheck:
+    samples: int
+    max_abs_diff: float
+    output_scale: float
+    relative_diff: float
+    class_agreement: float
+    passed: bool
+
+
+def check_float(original: onnx.ModelProto, float_model: onnx.ModelProto, normaliser: str | None,
+                x: np.ndarray) -> FloatCheck:
+    expected = runtime.predict(original, x).reshape(len(x), -1)
+    actual = normalise_output(runtime.predict(float_model, x).reshape(len(x), -1), normaliser)
+    diff = float(np.abs(expected - actual).max())
+    scale = float(max(np.abs(expected).max(), 1e-12))
+    agreement = float(np.mean(expected.argmax(1) == actual.argmax(1)))
+    return FloatCheck(len(x), diff, scale, diff / scale, agreement, diff / scale <= FLOAT_TOLERANCE)
+
+
+def class_agreement(original: onnx.ModelProto, other: onnx.ModelProto, x: np.ndarray) -> float:
+    a = runtime.predict(original, x).reshape(len(x), -1).argmax(1)
+    b = runtime.predict(other, x).reshape(len(x), -1).argmax(1)
+    return float(np.mean(a == b))
+
+
+@dataclass
+class LayerSpikeCheck:
+    layer: str
+    neurons: int
+    spike_rate: float
+    mismatches: int
+    ties: int                    # mismatches within the tie margin
+    near_threshold: int          # potentials within the tie margin, mismatched or not
+    max_potential_diff: float    # |onnxruntime - NumPy| of the potential
+
+
+@dataclass
+class SpikeCheck:
+    samples: int
+    tie_margin: float
+    layers: list[LayerSpikeCheck] = field(default_factory=list)
+    free_running_class_agreement: float = 1.0   # NumPy end to end vs onnxruntime end to end
+
+    @property
+    def unexplained(self) -> int:
+        return sum(layer.mismatches - layer.ties for layer in self.layers)
+
+    @property
+    def passed(self) -> bool:
+        return self.unexplained == 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "unexplained": self.unexplained, "passed": self.passed}
+
+
+def check_spiking(network: Network, x: np.ndarray) -> SpikeCheck:
+    """spiking.onnx (emitted from ``network``) vs the NumPy reference of ``network``."""
+    model = to_onnx(network, graph_name="spiking_check", expose_layers=True)
+    outputs = runtime.run(model, x)
+    names = [o.name for o in model.graph.output]
+    ort_layers = [outputs[n] for n in names[1:]] + [outputs[names[0]]]
+    result = SpikeCheck(len(x), TIE_MARGIN)
+    ort_in, ref_in = x.astype(np.float64), x.astype(np.float64)
+    for layer, ort_out in zip(network.layers, ort_layers):
+        # A spike layer gets the reference's own potential; every other layer
+        # gets onnxruntime's input, so each neuron group is checked on its own.
+        ref_out = layer.forward(ref_in if isinstance(layer, Spike) else ort_in)
+        if isinstance(layer, Spike):
+            result.layers.append(_compare_spikes(layer, ort_in, ref_in, ort_out, ref_out))
+        ort_in, ref_in = ort_out.astype(np.float64), ref_out
+    reference = network.forward(x)
+    result.free_running_class_agreement = float(np.mean(
+        reference.reshape(len(x), -1).argmax(1) == ort_layers[-1].reshape(len(x), -1).argmax(1)))
+    return result
+
+
+def _compare_spikes(layer: Spike, ort_potential, ref_potential, ort_spikes, ref_spikes) -> LayerSpikeCheck:
+    threshold = layer.threshold.astype(np.float64)
+    margin = TIE_MARGIN * max(1.0, float(np.abs(ort_potential).max()))
+    near = (np.abs(ort_potential - threshold) <= margin) | (np.abs(ref_potential - threshold) <= margin)
+    mismatched = ort_spikes != ref_spikes
+    per_sample = ort_spikes[0].size
+    return LayerSpikeCheck(layer=layer.name, neurons=int(per_sample), spike_rate=float(ort_spikes.mean()),
+                           mismatches=int(mismatched.sum()), ties=int((mismatched & near).sum()),
+                           near_threshold=int(near.sum()),
+                           max_potential_diff=float(np.abs(ort_potential - ref_potential).max()))

@@ -1,0 +1,101 @@
+"""The command line: a thin shell over ``api``. Results go to stdout or files,
+diagnostics to stderr; errors are one line and an exit code (0 ok, 1 a check
+failed, 2 bad input or usage), never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__, api
+from .data import parse_normalize
+from .errors import CheckFailed, WhetstoneError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's default prints usage; one line is the contract
+        raise WhetstoneError(f"usage: {message} (see whetstone-onnx {self.prog.split()[-1]} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="whetstone-onnx", description="Convert trained ONNX classifiers to Whetstone "
+                                                        "single-spike networks.")
+    parser.add_argument("--version", action="version", version=f"whetstone-onnx {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    inspect = commands.add_parser("inspect", help="list the model's ops and the planned spiking layers")
+    inspect.add_argument("model", help="an .onnx file")
+    inspect.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    convert = commands.add_parser("convert", help="convert a model; writes sharpenable.onnx, spiking.onnx, "
+                                                  "report.json")
+    convert.add_argument("model", help="an .onnx file")
+    convert.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output directory")
+    convert.add_argument("--data", metavar="SPEC", help="digits | mnist:DIR | npz:FILE")
+    convert.add_argument("--normalize", metavar="MEAN,STD", type=_normalize,
+                         help="the model expects (x - MEAN) / STD of the data's [0, 1] pixels")
+    convert.add_argument("--output", choices=("nhot", "readout"), default="nhot",
+                         help="spiking N-hot code (default) or a float readout of the last layer")
+    convert.add_argument("--key-width", type=int, metavar="K", help="N-hot code width (default 4 x classes)")
+    convert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    convert.add_argument("--no-finetune", action="store_true", help="sharpen every layer at once, no training")
+    return parser
+
+
+def _normalize(text: str):
+    return parse_normalize(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except WhetstoneError as exc:
+        print(f"whetstone-onnx: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("whetstone-onnx: interrupted", file=sys.stderr)
+        return 130
+
+
+def _inspect(args) -> int:
+    result = api.inspect(args.model)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"{result.source}: opset {result.opset}")
+        for op, info in result.ops.items():
+            print(f"  {op:<22} x{info['count']:<4} {'supported' if info['supported'] else 'UNSUPPORTED'}")
+        if result.layers:
+            print("planned layers:")
+            for row in result.layers:
+                role = f"  [{row['role']}]" if "role" in row else ""
+                print(f"  {row['name']:<28} {row['kind']:<12} {row['input_shape']} -> {row['output_shape']}{role}")
+    if result.unsupported:
+        print("whetstone-onnx: error: " + f"{result.source}: unsupported ops: " + ", ".join(
+            f"{op} ('{name}')" for op, name in result.unsupported), file=sys.stderr)
+        return 2
+    if result.problem:
+        print(f"whetstone-onnx: error: {result.source}: {result.problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _convert(args) -> int:
+    if args.key_width is not None and args.key_width < 1:
+        raise WhetstoneError(f"--key-width {args.key_width}: must be a positive integer")
+    result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
+                         key_width=args.key_width, seed=args.seed, finetune=not args.no_finetune)
+    print(result.summary())
+    print(f"\nwrote {args.out}/sharpenable.onnx, {args.out}/spiking.onnx, {args.out}/report.json")
+    if not args.no_finetune:
+        print(f"note: {api.FINETUNE_NOT_AVAILABLE}", file=sys.stderr)
+    if not result.passed:
+        raise CheckFailed(f"{args.model}: equivalence check failed (see {args.out}/report.json)")
+    return 0
+
+
+_COMMANDS = {"inspect": _inspect, "convert": _convert}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The report: every number that leaves the program, in one versioned JSON document.
+
+The CLI's table, the tests and the benchmarks all read these fields.
+"""
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+SCHEMA = "whetstone_onnx.report"
+SCHEMA_VERSION = "1.0"
+
+_PACKAGES = ("whetstone-onnx", "onnx", "onnxruntime", "onnx-ir", "numpy", "scikit-learn", "tensorflow",
+             "keras", "tf2onnx")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def accuracy_table(report: dict) -> str:
+    """The human-readable summary the CLI prints."""
+    accuracy = report.get("accuracy") or {}
+    equivalence = report["equivalence"]
+    rows = [("graph", "accuracy", "note")]
+    notes = {
+        "original": "the model as given",
+        "float": f"canonical float graph, max rel. diff {equivalence['float']['relative_diff']:.1e}",
+        "sharpenable": f"sharpness {equivalence['sharpenable']['sharpness']:g}, "
+                       f"{100 * equivalence['sharpenable']['class_agreement']:.1f} % same class as original",
+        "spiking": "all layers binary spikes",
+    }
+    for key, note in notes.items():
+        value = accuracy.get(key)
+        rows.append((key, "-" if value is None else f"{100 * value:.2f} %", note))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    spikes = equivalence["spiking"]
+    ties = sum(layer["ties"] for layer in spikes["layers"])
+    near = sum(layer["near_threshold"] for layer in spikes["layers"])
+    lines.append("")
+    verdict = "agree" if spikes["passed"] else "DISAGREE"
+    lines.append(f"spikes vs NumPy reference on {spikes['samples']} inputs: {verdict} "
+                 f"({spikes['unexplained']} unexplained mismatches, {ties} threshold ties, "
+                 f"{near} potentials within {spikes['tie_margin']:.0e} of a threshold)")
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""onnxruntime, the judge: one place that opens sessions and runs batches."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3   # onnxruntime's warnings would mix into our stderr
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, x: np.ndarray, *, batch: int = 1024) -> dict[str, np.ndarray]:
+    """Every graph output of ``model`` on ``x``, by name, batch by batch."""
+    sess = session(model)
+    input_name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, len(x), batch):
+        for name, value in zip(names, sess.run(names, {input_name: x[start:start + batch].astype(np.float32)})):
+            parts[name].append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def predict(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The model's first output on ``x``."""
+    output = model.graph.output[0].name
+    return run(model, x)[output]
