@@ -1,0 +1,87 @@
+"""The CLI contract toolchains script against: exit codes, one-line errors, outputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import MODELS
+
+from whetstone_onnx.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "whetstone_onnx.cli", *args], capture_output=True, text=True)
+
+
+def assert_one_line_error(completed: subprocess.CompletedProcess, code: int, text: str):
+    assert completed.returncode == code, completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("whetstone-onnx: error: ") and text in lines[0], lines
+    assert "Traceback" not in completed.stderr
+
+
+def test_convert_writes_the_three_artifacts_and_prints_the_table(tmp_path):
+    completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--data", "digits",
+                        "--no-finetune")
+    assert completed.returncode == 0, completed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "sharpenable.onnx", "spiking.onnx"]
+    assert "spiking" in completed.stdout and "original" in completed.stdout
+    assert json.loads((tmp_path / "report.json").read_text())["finetune"]["performed"] is False
+
+
+@pytest.mark.parametrize("model,listed", [("digits_tanh.onnx", "Tanh ('/act/Tanh')"),
+                                          ("digits_lstm.onnx", "LSTM ('/lstm/LSTM')")])
+def test_unsupported_models_exit_2_naming_file_op_and_node(tmp_path, model, listed):
+    completed = run_cli("convert", str(MODELS / model), "-o", str(tmp_path / "out"))
+    assert_one_line_error(completed, 2, f"{MODELS / model}: unsupported ops: {listed}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_corrupt_files_exit_2(tmp_path):
+    assert_one_line_error(run_cli("convert", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o")), 2,
+                          f"{tmp_path / 'none.onnx'}: file not found")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes((MODELS / "digits_dense.onnx").read_bytes()[:500])
+    before = corrupt.read_bytes()
+    assert_one_line_error(run_cli("inspect", str(corrupt)), 2, f"{corrupt}: not a readable ONNX model")
+    assert corrupt.read_bytes() == before
+
+
+@pytest.mark.parametrize("spec,text", [
+    ("foo", "--data 'foo': unknown data spec (expected digits, mnist:DIR or npz:FILE)"),
+    ("mnist:/nonexistent", "--data 'mnist:/nonexistent'"),
+    ("npz:/nonexistent.npz", "--data 'npz:/nonexistent.npz'")])
+def test_bad_data_specs_exit_2(tmp_path, spec, text):
+    completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "o"), "--data", spec)
+    assert_one_line_error(completed, 2, text)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_normalize_and_usage_exit_2(tmp_path, capsys):
+    assert main(["convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--normalize", "x"]) == 2
+    assert main(["convert", str(MODELS / "digits_dense.onnx")]) == 2
+    assert main(["frobnicate"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("whetstone-onnx: error: ") for line in errors)
+
+
+def test_inspect_json_lists_ops_and_planned_spiking_layers():
+    completed = run_cli("inspect", str(MODELS / "torchstyle_digits_conv.onnx"), "--json")
+    assert completed.returncode == 0
+    result = json.loads(completed.stdout)
+    assert result["supported"] and result["opset"] == 11
+    assert result["ops"]["BatchNormalization"] == {"count": 1, "supported": True}
+    assert [row["kind"] for row in result["layers"] if row.get("role") == "spiking"] == ["sharpenable"] * 3
+
+
+def test_inspect_exits_2_on_unsupported_and_still_prints_the_op_table():
+    completed = run_cli("inspect", str(MODELS / "digits_tanh.onnx"), "--json")
+    assert completed.returncode == 2
+    assert json.loads(completed.stdout)["ops"]["Tanh"] == {"count": 1, "supported": False}
+
+
+def test_version():
+    completed = run_cli("--version")
+    assert completed.returncode == 0 and completed.stdout.startswith("whetstone-onnx ")
