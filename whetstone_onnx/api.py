@@ -13,7 +13,7 @@ from . import check, runtime
 from .artifacts import json_bytes, sha256, write_atomic
 from .data import Dataset, fit_to_input, load_dataset
 from .emit import to_onnx
-from .errors import DataError, UnsupportedModelError
+from .errors import DataError, InputError, UnsupportedModelError
 from .lift import lift
 from .load import PINNED_IR_VERSION, PINNED_OPSET, LoadedModel, load_model
 from .network import Network
@@ -100,15 +100,18 @@ class ConversionResult:
 
 def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
             normalize: tuple[float, float] | None = None, output: str = "nhot", key_width: int | None = None,
-            seed: int = 0, finetune: bool = False) -> ConversionResult:
+            seed: int = 0, finetune: bool = False,
+            calibration_percentile: float = DEFAULT_PERCENTILE) -> ConversionResult:
     """Convert a trained ONNX classifier into sharpenable and spiking ONNX graphs.
 
     With ``out_dir``, writes sharpenable.onnx, spiking.onnx and report.json
     there (each atomically, after every check has run). Raises ``InputError``,
     ``UnsupportedModelError`` or ``DataError`` on bad input, before writing anything.
     """
+    if not 0.0 < calibration_percentile <= 100.0:
+        raise InputError(f"calibration percentile {calibration_percentile}: must be in (0, 100]")
     if output not in OUTPUT_MODES:
-        raise UnsupportedModelError(f"--output {output!r}: expected one of {', '.join(OUTPUT_MODES)}")
+        raise InputError(f"--output {output!r}: expected one of {', '.join(OUTPUT_MODES)}")
     timings: dict[str, float] = {}
     clock = _Clock(timings)
 
@@ -132,7 +135,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         network_counts = {
             "activations_before_pooling": activations_before_pooling(sharpenable),
             "replace_activations": replace_activations(sharpenable),
-            "calibrate_scales": calibrate_scales(sharpenable, calibration),
+            "calibrate_scales": calibrate_scales(sharpenable, calibration, calibration_percentile),
             "make_output_stage": make_output_stage(sharpenable, output, calibration, key_width=key_width,
                                                    seed=seed),
         }
@@ -168,7 +171,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         "passes": {"onnx": onnx_counts, "network": network_counts},
         "layers": _layer_table(spiking),
         "calibration": {"source": "data" if dataset else "random", "samples": len(calibration),
-                        "percentile": DEFAULT_PERCENTILE},
+                        "percentile": calibration_percentile},
         "finetune": {"requested": finetune, "performed": False, "reason": FINETUNE_NOT_AVAILABLE},
         "data": None if dataset is None else {"spec": dataset.spec, "train_samples": len(dataset.y_train),
                                               "test_samples": len(dataset.y_test)},

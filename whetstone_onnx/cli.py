@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--output", choices=("nhot", "readout"), default="nhot",
                          help="spiking N-hot code (default) or a float readout of the last layer")
     convert.add_argument("--key-width", type=int, metavar="K", help="N-hot code width (default 4 x classes)")
+    convert.add_argument("--percentile", type=float, default=api.DEFAULT_PERCENTILE, metavar="P",
+                         help="calibration: each ReLU layer is scaled by the P-th percentile of its positive "
+                              f"activations (default {api.DEFAULT_PERCENTILE:g})")
     convert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     convert.add_argument("--no-finetune", action="store_true", help="sharpen every layer at once, no training")
     return parser
@@ -85,7 +88,8 @@ def _convert(args) -> int:
     if args.key_width is not None and args.key_width < 1:
         raise WhetstoneError(f"--key-width {args.key_width}: must be a positive integer")
     result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
-                         key_width=args.key_width, seed=args.seed, finetune=not args.no_finetune)
+                         key_width=args.key_width, seed=args.seed, finetune=not args.no_finetune,
+                         calibration_percentile=args.percentile)
     print(result.summary())
     print(f"\nwrote {args.out}/sharpenable.onnx, {args.out}/spiking.onnx, {args.out}/report.json")
     if not args.no_finetune:

@@ -19,9 +19,11 @@ from ..network import Network
 from ..ops.activation import Sharpenable
 from ..ops.decode import NHotDecode, nhot_key
 from ..ops.dense import Dense
-from .calibrate import DEFAULT_PERCENTILE
 
 OUTPUT_MODES = ("nhot", "readout")
+# The code units' thresholds are placed by quantile; this scale only sets the
+# ramp at sharpness 0, which should stay faithful.
+OUTPUT_SCALE_PERCENTILE = 99.9
 
 
 def make_output_stage(network: Network, mode: str, samples: np.ndarray, *, key_width: int | None = None,
@@ -47,7 +49,7 @@ def make_output_stage(network: Network, mode: str, samples: np.ndarray, *, key_w
     quantile = np.quantile(logits, 1.0 - 1.0 / classes, axis=0)     # per class
     shifted = logits - quantile
     positive = shifted[shifted > 0]
-    scale = float(np.percentile(positive, DEFAULT_PERCENTILE)) if positive.size else 1.0
+    scale = float(np.percentile(positive, OUTPUT_SCALE_PERCENTILE)) if positive.size else 1.0
     # Unit of class c: fires (sharpness 1) when (logit_c - quantile_c) / scale + 0.5 >= 0.5.
     class_rows = weight / scale
     class_bias = (bias - quantile) / scale + 0.5
