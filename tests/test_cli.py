@@ -29,6 +29,7 @@ def test_convert_writes_the_three_artifacts_and_prints_the_table(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "sharpenable.onnx", "spiking.onnx"]
     assert "spiking" in completed.stdout and "original" in completed.stdout
     assert json.loads((tmp_path / "report.json").read_text())["finetune"]["performed"] is False
+    assert "fine-tuning not performed: --no-finetune" in completed.stdout
 
 
 @pytest.mark.parametrize("model,listed", [("digits_tanh.onnx", "Tanh ('/act/Tanh')"),

@@ -17,7 +17,7 @@ from whetstone_onnx.ops.activation import Spike
 @pytest.fixture(scope="module")
 def digits_dense(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits_dense")
-    return api.convert(MODELS / "digits_dense.onnx", out, data="digits"), out
+    return api.convert(MODELS / "digits_dense.onnx", out, data="digits", finetune=False), out
 
 
 def test_dense_keras_export_converts_with_bit_exact_spikes(digits_dense):
@@ -57,7 +57,7 @@ def test_spiking_graph_has_binary_hidden_units_with_bias_folded_into_thresholds(
 
 def test_reruns_are_byte_identical(digits_dense, tmp_path):
     _, out = digits_dense
-    api.convert(MODELS / "digits_dense.onnx", tmp_path, data="digits")
+    api.convert(MODELS / "digits_dense.onnx", tmp_path, data="digits", finetune=False)
     for name in ("sharpenable.onnx", "spiking.onnx"):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
 
@@ -65,7 +65,7 @@ def test_reruns_are_byte_identical(digits_dense, tmp_path):
 @pytest.mark.parametrize("model,normalize", [("digits_conv.onnx", None),
                                              ("torchstyle_digits_conv.onnx", (0.5, 0.5))])
 def test_conv_fixtures_convert_and_spikes_agree(model, normalize):
-    result = api.convert(MODELS / model, data="digits", normalize=normalize)
+    result = api.convert(MODELS / model, data="digits", normalize=normalize, finetune=False)
     assert result.passed
     assert result.accuracy["float"] == result.accuracy["original"] >= 0.94
     assert result.report["equivalence"]["spiking"]["unexplained"] == 0
@@ -73,15 +73,15 @@ def test_conv_fixtures_convert_and_spikes_agree(model, normalize):
 
 
 def test_readout_output_keeps_a_float_last_layer_and_key_width_is_honoured():
-    readout = api.convert(MODELS / "digits_dense.onnx", data="digits", output="readout")
+    readout = api.convert(MODELS / "digits_dense.onnx", data="digits", output="readout", finetune=False)
     assert readout.passed and readout.spiking_network.layers[-1].kind == "dense"
     assert sum(isinstance(layer, Spike) for layer in readout.spiking_network.layers) == 2
-    wide = api.convert(MODELS / "digits_dense.onnx", data="digits", key_width=20, seed=3)
+    wide = api.convert(MODELS / "digits_dense.onnx", data="digits", key_width=20, seed=3, finetune=False)
     assert wide.spiking_network.layers[-1].key.shape == (10, 20)
 
 
 def test_mnist_dense_converts_on_the_shared_split(mnist_dir):
-    result = api.convert(MODELS / "mnist_dense.onnx", data=f"mnist:{mnist_dir}")
+    result = api.convert(MODELS / "mnist_dense.onnx", data=f"mnist:{mnist_dir}", finetune=False)
     assert result.report["data"]["test_samples"] == 2000 and result.passed
     assert result.accuracy["original"] >= 0.94
 
@@ -102,4 +102,4 @@ def test_unsupported_ops_are_all_listed_before_any_work(tmp_path):
 
 def test_data_that_does_not_fit_the_model_is_a_data_error():
     with pytest.raises(DataError, match=r"samples of shape \(8, 8\) do not fit the model input \(784,\)"):
-        api.convert(MODELS / "mnist_dense.onnx", data="digits")
+        api.convert(MODELS / "mnist_dense.onnx", data="digits", finetune=False)

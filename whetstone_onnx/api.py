@@ -13,6 +13,8 @@ from . import check, runtime
 from .artifacts import json_bytes, sha256, write_atomic
 from .data import Dataset, fit_to_input, load_dataset
 from .emit import to_onnx
+from .finetune import FinetuneOptions
+from .finetune import finetune as run_finetune
 from .errors import DataError, InputError, UnsupportedModelError
 from .lift import lift
 from .load import PINNED_IR_VERSION, PINNED_OPSET, LoadedModel, load_model
@@ -24,13 +26,13 @@ from .passes.output import OUTPUT_NORMALISERS
 from .passes.output_stage import OUTPUT_MODES, make_output_stage
 from .passes.pipeline import run_onnx_passes, supported_op_types, unsupported_nodes
 from .passes.spiking import to_step_network
+from .plot import training_plot
 from .report import SCHEMA, SCHEMA_VERSION, accuracy_table, package_versions
 from .spiking_onnx import DOMAIN, DOMAIN_VERSION
 
 ModelInput = str | Path | onnx.ModelProto
 CALIBRATION_SAMPLES = 1000
 RANDOM_CHECK_SAMPLES = 256
-FINETUNE_NOT_AVAILABLE = "fine-tuning is not available yet: layers were sharpened instantly (--no-finetune)"
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -100,18 +102,24 @@ class ConversionResult:
 
 def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
             normalize: tuple[float, float] | None = None, output: str = "nhot", key_width: int | None = None,
-            seed: int = 0, finetune: bool = False,
-            calibration_percentile: float = DEFAULT_PERCENTILE) -> ConversionResult:
+            seed: int = 0, finetune: bool | FinetuneOptions = True,
+            calibration_percentile: float = DEFAULT_PERCENTILE, progress: bool = False) -> ConversionResult:
     """Convert a trained ONNX classifier into sharpenable and spiking ONNX graphs.
 
-    With ``out_dir``, writes sharpenable.onnx, spiking.onnx and report.json
-    there (each atomically, after every check has run). Raises ``InputError``,
+    With data, the network is fine-tuned through Keras while it is sharpened
+    (``finetune``: True for the defaults, a ``FinetuneOptions`` to choose, False
+    to sharpen every layer at once). With ``out_dir``, writes sharpenable.onnx,
+    spiking.onnx, report.json (and training.png after fine-tuning) there, each
+    atomically, after every check has run. Raises ``InputError``,
     ``UnsupportedModelError`` or ``DataError`` on bad input, before writing anything.
     """
     if not 0.0 < calibration_percentile <= 100.0:
         raise InputError(f"calibration percentile {calibration_percentile}: must be in (0, 100]")
     if output not in OUTPUT_MODES:
         raise InputError(f"--output {output!r}: expected one of {', '.join(OUTPUT_MODES)}")
+    finetune_options = finetune if isinstance(finetune, FinetuneOptions) else FinetuneOptions(seed=seed)
+    if finetune:
+        finetune_options.validate()
     timings: dict[str, float] = {}
     clock = _Clock(timings)
 
@@ -139,10 +147,24 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             "make_output_stage": make_output_stage(sharpenable, output, calibration, key_width=key_width,
                                                    seed=seed),
         }
-        sharpenable_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded, "sharpenable"))
-        agreement = check.class_agreement(loaded.model, sharpenable_model, test)
-        # No fine-tuning yet: every layer is sharpened at once.
-        spiking = sharpenable.copy()
+        initial_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded, "sharpenable"))
+        agreement = check.class_agreement(loaded.model, initial_model, test)
+    finetune_report: dict = {"requested": bool(finetune), "performed": False}
+    trained, tuned = sharpenable, None
+    if finetune and dataset is None:
+        finetune_report["reason"] = "no --data given: layers were sharpened at once"
+    elif not finetune:
+        finetune_report["reason"] = "--no-finetune: layers were sharpened at once"
+    else:
+        with clock("finetune"):
+            tuned = run_finetune(sharpenable, train, dataset.y_train, test, dataset.y_test, finetune_options,
+                                 output=output, progress=progress)
+        trained = tuned.network
+        finetune_report.update(performed=True, options=asdict(finetune_options),
+                               reached_full_sharpness=tuned.reached_full_sharpness, history=tuned.history)
+    with clock("emit"):
+        sharpenable_model = to_onnx(trained, graph_name="sharpenable", doc=_doc(loaded, "sharpenable"))
+        spiking = trained.copy()
         for layer in spiking.layers:
             if isinstance(layer, Sharpenable):
                 layer.sharpness = 1.0
@@ -150,11 +172,17 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         spiking_model = to_onnx(spiking, graph_name="spiking", doc=_doc(loaded, "spiking"))
     with clock("spike_check"):
         spike_check = check.check_spiking(spiking, test)
+        if tuned is not None:
+            onnx_predictions = runtime.predict(spiking_model, test).reshape(len(test), -1).argmax(1)
+            differences = np.flatnonzero(onnx_predictions != tuned.keras_spiking_predictions)
+            finetune_report["keras_vs_spiking_onnx"] = {
+                "samples": len(test), "agreement": float(1.0 - len(differences) / len(test)),
+                "differences": differences[:100].tolist()}
     accuracy = None
     if dataset is not None:
         with clock("accuracy"):
             accuracy = {name: _accuracy(m, test, dataset.y_test) for name, m in
-                        (("original", loaded.model), ("float", float_model),
+                        (("original", loaded.model), ("float", float_model), ("sharpenable_start", initial_model),
                          ("sharpenable", sharpenable_model), ("spiking", spiking_model))}
 
     sharpenable_bytes, spiking_bytes = sharpenable_model.SerializeToString(), spiking_model.SerializeToString()
@@ -172,7 +200,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         "layers": _layer_table(spiking),
         "calibration": {"source": "data" if dataset else "random", "samples": len(calibration),
                         "percentile": calibration_percentile},
-        "finetune": {"requested": finetune, "performed": False, "reason": FINETUNE_NOT_AVAILABLE},
+        "finetune": finetune_report,
         "data": None if dataset is None else {"spec": dataset.spec, "train_samples": len(dataset.y_train),
                                               "test_samples": len(dataset.y_test)},
         "accuracy": accuracy,
@@ -191,9 +219,10 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         out_dir = Path(out_dir)
         write_atomic(out_dir / "sharpenable.onnx", sharpenable_bytes)
         write_atomic(out_dir / "spiking.onnx", spiking_bytes)
+        if tuned is not None:
+            write_atomic(out_dir / "training.png", training_plot(tuned.history))
         write_atomic(out_dir / "report.json", json_bytes(report))
-    return ConversionResult(report, float_model, sharpenable_model, spiking_model, sharpenable, spiking,
-                            out_dir)
+    return ConversionResult(report, float_model, sharpenable_model, spiking_model, trained, spiking, out_dir)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -10,6 +10,7 @@ import sys
 from . import __version__, api
 from .data import parse_normalize
 from .errors import CheckFailed, WhetstoneError
+from .finetune import OPTIMIZERS, SHARPENERS, FinetuneOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
                               f"activations (default {api.DEFAULT_PERCENTILE:g})")
     convert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     convert.add_argument("--no-finetune", action="store_true", help="sharpen every layer at once, no training")
+    tuning = convert.add_argument_group("fine-tuning (with --data)")
+    defaults = FinetuneOptions()
+    tuning.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help=f"epochs of training while sharpening (default {defaults.epochs})")
+    tuning.add_argument("--sharpener", choices=SHARPENERS, default=defaults.sharpener,
+                        help=f"sharpening schedule (default {defaults.sharpener})")
+    tuning.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    tuning.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                        help=f"default {defaults.learning_rate:g}")
+    tuning.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"default {defaults.batch_size}")
+    tuning.add_argument("--ste-epochs", type=int, default=defaults.straight_through_epochs,
+                        help="epochs at full sharpness with a straight-through gradient "
+                             f"(default {defaults.straight_through_epochs})")
+    tuning.add_argument("--batchnorm", action="store_true",
+                        help="re-enable batch norm on hidden layers while training (folded again after)")
     return parser
 
 
@@ -87,13 +104,17 @@ def _inspect(args) -> int:
 def _convert(args) -> int:
     if args.key_width is not None and args.key_width < 1:
         raise WhetstoneError(f"--key-width {args.key_width}: must be a positive integer")
+    options = FinetuneOptions(epochs=args.epochs, sharpener=args.sharpener, optimizer=args.optimizer,
+                              learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
+                              straight_through_epochs=args.ste_epochs, batchnorm=args.batchnorm)
     result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
-                         key_width=args.key_width, seed=args.seed, finetune=not args.no_finetune,
-                         calibration_percentile=args.percentile)
+                         key_width=args.key_width, seed=args.seed,
+                         finetune=False if args.no_finetune else options,
+                         calibration_percentile=args.percentile, progress=True)
     print(result.summary())
-    print(f"\nwrote {args.out}/sharpenable.onnx, {args.out}/spiking.onnx, {args.out}/report.json")
-    if not args.no_finetune:
-        print(f"note: {api.FINETUNE_NOT_AVAILABLE}", file=sys.stderr)
+    written = ["sharpenable.onnx", "spiking.onnx", "report.json"] + \
+        (["training.png"] if result.report["finetune"]["performed"] else [])
+    print(f"\nwrote {', '.join(f'{args.out}/{name}' for name in written)}")
     if not result.passed:
         raise CheckFailed(f"{args.model}: equivalence check failed (see {args.out}/report.json)")
     return 0

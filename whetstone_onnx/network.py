@@ -74,6 +74,11 @@ class Layer:
         """A row of the report's layer table."""
         return {"name": self.name, "kind": self.kind}
 
+    def to_keras(self, builder) -> None:
+        """Add this layer's Keras layers through a ``keras.build.KerasBuilder``."""
+        from .errors import UnsupportedModelError
+        raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) has no Keras form")
+
 
 class LinearLayer(Layer):
     """A layer with a weight (output axis first) and an optional bias: Dense, Conv2d."""
@@ -94,6 +99,10 @@ class LinearLayer(Layer):
         axes = (slice(None),) + (None,) * (self.weight.ndim - 1)
         self.weight = (self.weight.astype(np.float64) * scale[axes]).astype(np.float32)
         self.bias = (self.bias_or_zero().astype(np.float64) * scale + shift).astype(np.float32)
+
+    def from_keras(self, keras_layer) -> None:
+        """Take the trained weights of the Keras layer ``to_keras`` made."""
+        raise NotImplementedError
 
     def scale_inputs(self, scale: float) -> None:
         """Compose the layer with x -> x * scale (a uniform input scale)."""

@@ -29,16 +29,20 @@ def accuracy_table(report: dict) -> str:
     accuracy = report.get("accuracy") or {}
     equivalence = report["equivalence"]
     rows = [("graph", "accuracy", "note")]
+    finetune = report["finetune"]
     notes = {
         "original": "the model as given",
         "float": f"canonical float graph, max rel. diff {equivalence['float']['relative_diff']:.1e}",
-        "sharpenable": f"sharpness {equivalence['sharpenable']['sharpness']:g}, "
-                       f"{100 * equivalence['sharpenable']['class_agreement']:.1f} % same class as original",
-        "spiking": "all layers binary spikes",
+        "sharpenable_start": f"sharpness 0 before training, "
+                             f"{100 * equivalence['sharpenable']['class_agreement']:.1f} % same class as original",
+        "sharpenable": "as written, after fine-tuning" if finetune["performed"] else "as written (sharpness 0)",
+        "spiking": "all layers binary spikes" + ("" if finetune["performed"] else ", sharpened at once"),
     }
     for key, note in notes.items():
         value = accuracy.get(key)
         rows.append((key, "-" if value is None else f"{100 * value:.2f} %", note))
+    if not finetune["performed"]:
+        rows.pop(3)      # sharpenable as written is the sharpness-0 graph
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -50,4 +54,10 @@ def accuracy_table(report: dict) -> str:
     lines.append(f"spikes vs NumPy reference on {spikes['samples']} inputs: {verdict} "
                  f"({spikes['unexplained']} unexplained mismatches, {ties} threshold ties, "
                  f"{near} potentials within {spikes['tie_margin']:.0e} of a threshold)")
+    if finetune["performed"]:
+        keras_check = finetune["keras_vs_spiking_onnx"]
+        lines.append(f"Keras at sharpness 1 vs spiking.onnx: {100 * keras_check['agreement']:.2f} % same class "
+                     f"on {keras_check['samples']} inputs; {len(finetune['history'])} epochs")
+    else:
+        lines.append(f"fine-tuning not performed: {finetune['reason']}")
     return "\n".join(lines)

@@ -42,6 +42,20 @@ class Activation(Layer):
             return builder.node("Clip", [x, low, high], self.name, name=self.name)
         return builder.node(self.op_type, [x], self.name, name=self.name, **self.params)
 
+    def to_keras(self, builder) -> None:
+        import keras
+        name = builder.name(self.name)
+        if self.op_type == "Relu":
+            builder.apply(keras.layers.ReLU(name=name))
+        elif self.op_type == "Clip":
+            builder.apply(keras.layers.ReLU(max_value=self.params["max"], name=name))
+        elif self.op_type == "Sigmoid":
+            builder.apply(keras.layers.Activation("sigmoid", name=name))
+        else:
+            builder.apply(keras.layers.Rescaling(self.params["alpha"], self.params["beta"],
+                                                 name=builder.name(f"{self.name}_affine")))
+            builder.apply(keras.layers.ReLU(max_value=1.0, name=name))
+
     def describe(self):
         return {**super().describe(), "op_type": self.op_type, **self.params}
 
@@ -81,6 +95,11 @@ class Sharpenable(Layer):
     def emit(self, builder: OnnxBuilder, x: str) -> str:
         sharpness = builder.constant(f"{self.name}.sharpness", np.array(self.sharpness))
         return builder.node(self.op_type, [x, sharpness], self.name, name=self.name, custom=True)
+
+    def to_keras(self, builder) -> None:
+        from ..keras.layers import BoundedRelu, SharpSigmoid
+        layer_class = BoundedRelu if self.function == "bounded_relu" else SharpSigmoid
+        builder.apply(layer_class(self.sharpness, name=builder.name(self.name)), owner=self)
 
     def describe(self):
         return {**super().describe(), "op_type": self.op_type, "sharpness": self.sharpness, "replaces": self.source}

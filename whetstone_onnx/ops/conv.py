@@ -60,6 +60,25 @@ class Conv2d(LinearLayer):
                             pads=list(self.pads), dilations=list(self.dilations), group=self.group,
                             kernel_shape=list(self.weight.shape[2:]))
 
+    def to_keras(self, builder) -> None:
+        import keras
+        builder.to_channels_last(self.name)
+        top, left, bottom, right = self.pads
+        if any(self.pads):
+            builder.apply(keras.layers.ZeroPadding2D(((top, bottom), (left, right)),
+                                                     name=builder.name(f"{self.name}_pad")))
+        weights = [self.weight.transpose(2, 3, 1, 0)] + ([self.bias] if self.bias is not None else [])
+        builder.apply(keras.layers.Conv2D(self.out_channels, tuple(self.weight.shape[2:]), strides=self.strides,
+                                          padding="valid", dilation_rate=self.dilations, groups=self.group,
+                                          use_bias=self.bias is not None, name=builder.name(self.name)),
+                      owner=self, weights=weights)
+
+    def from_keras(self, keras_layer) -> None:
+        weights = keras_layer.get_weights()
+        self.weight = np.ascontiguousarray(weights[0].transpose(3, 2, 0, 1), dtype=np.float32)
+        if self.bias is not None:
+            self.bias = weights[1].astype(np.float32)
+
     def describe(self):
         return {**super().describe(), "out_channels": self.out_channels,
                 "kernel": list(self.weight.shape[2:]), "strides": list(self.strides), "pads": list(self.pads),

@@ -28,6 +28,11 @@ class NHotDecode(Layer):
         key = builder.constant(f"{self.name}.key", self.key)
         return builder.node("NHotDecode", [x, key], self.name, name=self.name, custom=True)
 
+    def to_keras(self, builder) -> None:
+        from ..keras.layers import SoftmaxDecode
+        builder.to_channels_first(self.name)
+        builder.apply(SoftmaxDecode(self.key, name=builder.name(self.name)), owner=self)
+
     def describe(self):
         return {**super().describe(), "classes": int(self.key.shape[0]), "code_width": int(self.key.shape[1]),
                 "units_per_class": int(self.key.sum(axis=1).max())}

@@ -30,6 +30,19 @@ class Dense(LinearLayer):
             inputs.append(builder.constant(f"{self.name}.bias", self.bias))
         return builder.node("Gemm", inputs, self.name, name=self.name, transB=1)
 
+    def to_keras(self, builder) -> None:
+        import keras
+        builder.to_channels_first(self.name)
+        weights = [self.weight.T] + ([self.bias] if self.bias is not None else [])
+        builder.apply(keras.layers.Dense(self.out_channels, use_bias=self.bias is not None,
+                                         name=builder.name(self.name)), owner=self, weights=weights)
+
+    def from_keras(self, keras_layer) -> None:
+        weights = keras_layer.get_weights()
+        self.weight = np.ascontiguousarray(weights[0].T, dtype=np.float32)
+        if self.bias is not None:
+            self.bias = weights[1].astype(np.float32)
+
     def describe(self):
         return {**super().describe(), "in_features": int(self.weight.shape[1]),
                 "out_features": self.out_channels, "parameters": int(self.weight.size + self.out_channels)}

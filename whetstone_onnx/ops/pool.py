@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
 from ..network import Layer, OnnxBuilder
 from .registry import LiftContext, lifts
 
@@ -34,16 +35,23 @@ class Pool2d(Layer):
     def output_shape(self, input_shape):
         return (input_shape[0], *self._sizes(*input_shape[1:]))
 
+    def _padding(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) padding that makes every window whole.
+
+        ceil_mode windows may run past the end padding: those cells are padded too.
+        """
+        out_h, out_w = self._sizes(height, width)
+        top, left, bottom, right = self.pads
+        extra_h = max((out_h - 1) * self.strides[0] + self.kernel[0] - (height + top + bottom), 0)
+        extra_w = max((out_w - 1) * self.strides[1] + self.kernel[1] - (width + left + right), 0)
+        return top, left, bottom + extra_h, right + extra_w
+
     def _reduce(self, x: np.ndarray, fill: float, reduce) -> np.ndarray:
         """Fold ``reduce`` (np.maximum, np.add) over the windows of x padded with ``fill``."""
         out_h, out_w = self._sizes(*x.shape[2:])
-        top, left, bottom, right = self.pads
+        top, left, bottom, right = self._padding(*x.shape[2:])
         (kh, kw), (sh, sw) = self.kernel, self.strides
-        # ceil_mode windows may run past the end padding: pad those cells too.
-        extra_h = max((out_h - 1) * sh + kh - (x.shape[2] + top + bottom), 0)
-        extra_w = max((out_w - 1) * sw + kw - (x.shape[3] + left + right), 0)
-        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom + extra_h), (left, right + extra_w)),
-                        constant_values=fill)
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=fill)
         # One strided slice per kernel offset: far faster than reducing a window view.
         result = None
         for i in range(kh):
@@ -67,6 +75,16 @@ class MaxPool2d(Pool2d):
     def forward(self, x):
         return self._reduce(x, -np.inf, np.maximum)
 
+    def to_keras(self, builder) -> None:
+        import keras
+        from ..keras.layers import ConstantPad2D
+        builder.to_channels_last(self.name)
+        padding = self._padding(*builder.tensor.shape[1:3])
+        if any(padding):
+            builder.apply(ConstantPad2D(padding, -np.inf, name=builder.name(f"{self.name}_pad")))
+        builder.apply(keras.layers.MaxPooling2D(self.kernel, self.strides, padding="valid",
+                                                name=builder.name(self.name)))
+
     def emit(self, builder: OnnxBuilder, x: str) -> str:
         return builder.node("MaxPool", [x], self.name, name=self.name, **self._attributes())
 
@@ -89,6 +107,24 @@ class AvgPool2d(Pool2d):
         else:
             counts = self._reduce(ones, 0.0, np.add)
         return sums / counts
+
+    def to_keras(self, builder) -> None:
+        import keras
+        from ..keras.layers import AveragePoolExcludingPad
+        builder.to_channels_last(self.name)
+        padding = self._padding(*builder.tensor.shape[1:3])
+        name = builder.name(self.name)
+        if not any(padding):
+            builder.apply(keras.layers.AveragePooling2D(self.kernel, self.strides, padding="valid", name=name))
+        elif self.count_include_pad and padding == self.pads:
+            top, left, bottom, right = padding
+            builder.apply(keras.layers.ZeroPadding2D(((top, bottom), (left, right)), name=f"{name}_pad"))
+            builder.apply(keras.layers.AveragePooling2D(self.kernel, self.strides, padding="valid", name=name))
+        elif not self.count_include_pad:
+            builder.apply(AveragePoolExcludingPad(self.kernel, self.strides, padding, name=name))
+        else:
+            raise UnsupportedModelError(f"layer '{self.name}': average pooling with count_include_pad and "
+                                        "ceil_mode has no Keras form")
 
     def emit(self, builder: OnnxBuilder, x: str) -> str:
         return builder.node("AveragePool", [x], self.name, name=self.name,

@@ -27,6 +27,11 @@ class Reshape(Layer):
         target = builder.constant(f"{self.name}.shape", np.array([-1, *self.shape]), dtype=np.int64)
         return builder.node("Reshape", [x, target], self.name, name=self.name)
 
+    def to_keras(self, builder) -> None:
+        import keras
+        builder.to_channels_first(self.name)
+        builder.apply(keras.layers.Reshape(self.shape, name=builder.name(self.name)))
+
     def describe(self):
         return {**super().describe(), "shape": list(self.shape)}
 
@@ -46,6 +51,11 @@ class Transpose(Layer):
 
     def emit(self, builder: OnnxBuilder, x: str) -> str:
         return builder.node("Transpose", [x], self.name, name=self.name, perm=[0, *(p + 1 for p in self.perm)])
+
+    def to_keras(self, builder) -> None:
+        import keras
+        builder.to_channels_first(self.name)
+        builder.apply(keras.layers.Permute(tuple(p + 1 for p in self.perm), name=builder.name(self.name)))
 
     def describe(self):
         return {**super().describe(), "perm": list(self.perm)}

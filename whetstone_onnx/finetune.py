@@ -1,0 +1,174 @@
+"""Fine-tuning through Keras: train while each layer is progressively sharpened.
+
+The sharpenable Network is built as a Keras model (keras/build.py), trained
+under a sharpener until every layer is a step, optionally trained a few more
+epochs at full sharpness with a straight-through gradient, and its weights are
+written back into the Network, from which the spiking artifacts are emitted.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+from .network import LinearLayer, Network
+from .ops.activation import Sharpenable
+
+SHARPENERS = ("simple", "scheduled", "adaptive")
+OPTIMIZERS = ("adam", "adadelta", "sgd", "rmsprop", "nadam")
+
+
+@dataclass
+class FinetuneOptions:
+    epochs: int = 12                  # sharpening epochs budget (warm-up included)
+    sharpener: str = "simple"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    warmup_epochs: int = 1            # epochs at sharpness 0 before sharpening starts
+    straight_through_epochs: int = 2  # epochs at full sharpness with a straight-through gradient
+    straight_through_sharpness: float = 0.5
+    batchnorm: bool = False           # re-enable batch norm on hidden layers while training
+
+    def validate(self) -> None:
+        if self.sharpener not in SHARPENERS:
+            raise InputError(f"--sharpener {self.sharpener!r}: expected one of {', '.join(SHARPENERS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer")
+        if self.epochs <= self.warmup_epochs:
+            raise InputError(f"--epochs {self.epochs}: needs more than the {self.warmup_epochs} warm-up epoch(s)")
+        if not self.learning_rate > 0:
+            raise InputError(f"--learning-rate {self.learning_rate}: must be positive")
+
+
+@dataclass
+class FinetuneResult:
+    network: Network                   # the trained sharpenable network (sharpness as reached)
+    history: list[dict] = field(default_factory=list)
+    keras_spiking_predictions: np.ndarray | None = None   # Keras at sharpness 1 on the evaluation inputs
+    reached_full_sharpness: bool = True
+
+
+def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
+             y_eval: np.ndarray, options: FinetuneOptions, *, output: str, progress: bool = False
+             ) -> FinetuneResult:
+    options.validate()
+    import keras
+    import tensorflow as tf
+
+    from .keras.build import build_keras, write_back
+    from .keras.sharpeners import AdaptiveSharpener, ScheduledSharpener, SimpleSharpener, spiking_layers
+
+    keras.utils.set_random_seed(options.seed)
+    tf.config.experimental.enable_op_determinism()
+    trained = network.copy()
+    built = build_keras(trained, batchnorm_stats=_batchnorm_stats(trained, x_train) if options.batchnorm else None)
+    model = built.model
+    layers = spiking_layers(model)
+    batches = math.ceil(len(x_train) / options.batch_size)
+    sharpening_epochs = options.epochs - options.warmup_epochs
+    if options.sharpener == "simple":
+        sharpener = SimpleSharpener(options.warmup_epochs, steps=max(1, sharpening_epochs * batches // len(layers)),
+                                    epochs=False)
+    elif options.sharpener == "scheduled":
+        per_layer = sharpening_epochs / len(layers)
+        sharpener = ScheduledSharpener([(options.warmup_epochs + i * per_layer,
+                                         options.warmup_epochs + (i + 1) * per_layer) for i in range(len(layers))])
+    else:
+        sharpener = AdaptiveSharpener(min_init_epochs=options.warmup_epochs, rate=len(layers) / sharpening_epochs,
+                                      cz_rate=len(layers) / sharpening_epochs / 2, patience=1)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=output == "readout")
+    # Cosine decay over the whole run: sharpening ends with small steps, and the
+    # straight-through epochs settle instead of oscillating between codes.
+    total_steps = batches * (options.epochs + options.straight_through_epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(options.learning_rate, total_steps, alpha=0.01)
+    optimizer = keras.optimizers.get({"class_name": options.optimizer, "config": {"learning_rate": schedule}})
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    monitor = _Monitor(layers, x_eval, y_eval, options.batch_size, progress,
+                       options.epochs + options.straight_through_epochs)
+    budget = options.epochs * (3 if options.sharpener == "adaptive" else 1)
+    model.fit(x_train, y_train, epochs=budget, batch_size=options.batch_size, shuffle=True, verbose=0,
+              callbacks=[sharpener, monitor])
+    reached = all(layer.get_sharpness() >= 1.0 for layer in layers)
+    for layer in layers:
+        layer.set_sharpness(1.0)
+    if options.straight_through_epochs:
+        for layer in layers:
+            layer.straight_through = options.straight_through_sharpness
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])   # retrace with the new gradient
+        monitor.phase = "straight-through"
+        model.fit(x_train, y_train, epochs=options.straight_through_epochs, batch_size=options.batch_size,
+                  shuffle=True, verbose=0, callbacks=[monitor])
+        for layer in layers:
+            layer.straight_through = None
+    monitor.close()
+    write_back(trained, built)
+    predictions = model.predict(x_eval, batch_size=1024, verbose=0).argmax(1)
+    return FinetuneResult(trained, monitor.history, predictions, reached)
+
+
+def _batchnorm_stats(network: Network, x: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Mean and variance of each hidden linear layer's outputs (per channel), for identity-initialised BN."""
+    outputs = network.forward(x[:2000], all_layers=True)
+    stats = {}
+    for i, layer in enumerate(network.layers[:-1]):
+        if isinstance(layer, LinearLayer) and isinstance(network.layers[i + 1], Sharpenable) \
+                and network.layers[i + 1].source != "nhot":
+            out = outputs[i]
+            axes = (0, 2, 3) if out.ndim == 4 else (0,)
+            stats[id(layer)] = (out.mean(axis=axes), out.var(axis=axes))
+    return stats
+
+
+class _Monitor:
+    """Per-epoch history and progress: loss, sharpness per layer, spiking accuracy on the evaluation set."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class Monitor(keras.callbacks.Callback):
+            def __init__(self, layers, x_eval, y_eval, batch_size, progress, total_epochs):
+                super().__init__()
+                self.layers, self.x_eval, self.y_eval, self.batch_size = layers, x_eval, y_eval, batch_size
+                self.history: list[dict] = []
+                self.phase = "sharpening"
+                self.bar = None
+                if progress:
+                    from rich.console import Console
+                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+                        TimeElapsedColumn
+                    self.bar = Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(),
+                                        TimeElapsedColumn(), TextColumn("{task.description}"),
+                                        console=Console(file=sys.stderr), transient=False)
+                    self.task = self.bar.add_task("", total=total_epochs)
+                    self.bar.start()
+
+            def on_epoch_end(self, epoch, logs=None):
+                sharpness = [layer.get_sharpness() for layer in self.layers]
+                for layer in self.layers:
+                    layer.set_sharpness(1.0)
+                spiking = self.model.predict(self.x_eval, batch_size=1024, verbose=0).argmax(1)
+                for layer, value in zip(self.layers, sharpness):
+                    layer.set_sharpness(value)
+                row = {"epoch": len(self.history) + 1, "phase": self.phase,
+                       "loss": round(float(logs["loss"]), 6), "train_accuracy": round(float(logs["accuracy"]), 6),
+                       "sharpness": [round(v, 6) for v in sharpness],
+                       "spiking_accuracy": round(float(np.mean(spiking == self.y_eval)), 6)}
+                self.history.append(row)
+                if self.bar is not None:
+                    self.bar.update(self.task, advance=1, description=(
+                        f"loss {row['loss']:.4f}  sharpness [{' '.join(f'{v:.2f}' for v in sharpness)}]  "
+                        f"spiking acc {100 * row['spiking_accuracy']:.2f} %"))
+
+            def close(self):
+                if self.bar is not None:
+                    self.bar.stop()
+
+        return Monitor(*args, **kwargs)
