@@ -13,7 +13,7 @@ from . import check, runtime
 from .artifacts import json_bytes, sha256, write_atomic
 from .data import Dataset, fit_to_input, load_dataset
 from .emit import to_onnx
-from .finetune import FinetuneOptions
+from .finetune import FinetuneOptions  # noqa: F401  (part of the API)
 from .finetune import finetune as run_finetune
 from .errors import DataError, InputError, UnsupportedModelError
 from .lift import lift

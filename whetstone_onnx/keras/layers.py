@@ -33,7 +33,7 @@ class Spiking(keras.layers.Layer):
                                          initializer=keras.initializers.Constant(self.initial_sharpness))
 
     def get_sharpness(self) -> float:
-        return float(keras.ops.convert_to_numpy(self.sharpness))
+        return float(self.sharpness.numpy())
 
     def set_sharpness(self, value: float) -> None:
         self.sharpness.assign(float(min(max(value, 0.0), 1.0)))

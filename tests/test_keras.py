@@ -1,0 +1,182 @@
+"""Keras side of fine-tuning: layer formulas, sharpener schedules step by step,
+builder exactness against onnxruntime, weight write-back exactness."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS
+
+keras = pytest.importorskip("keras")
+
+from whetstone_onnx import api, runtime  # noqa: E402
+from whetstone_onnx.emit import to_onnx  # noqa: E402
+from whetstone_onnx.keras import (AdaptiveSharpener, BoundedRelu, ScheduledSharpener, SharpSigmoid,  # noqa: E402
+                                  SimpleSharpener, Softmax_Decode, SoftmaxDecode, Spiking_BRelu, key_generator)
+from whetstone_onnx.keras.build import build_keras, write_back  # noqa: E402
+from whetstone_onnx.ops.activation import Sharpenable  # noqa: E402
+from whetstone_onnx.passes.spiking import to_step_network  # noqa: E402
+
+FIXTURES = [("digits_dense.onnx", (64,), None), ("digits_conv.onnx", (8, 8, 1), None),
+            ("torchstyle_digits_conv.onnx", (1, 8, 8), (0.5, 0.5))]
+
+
+def keras_output(layer, x, sharpness):
+    layer.build(x.shape)
+    layer.set_sharpness(sharpness)
+    return keras.ops.convert_to_numpy(layer(x))
+
+
+@pytest.mark.parametrize("sharpness", [0.0, 0.3, 0.5, 0.999, 1.0])
+def test_bounded_relu_layer_is_the_onnx_op_bit_for_bit(sharpness):
+    x = np.linspace(-1, 2, 257, dtype=np.float32)[None]
+    expected = Sharpenable("u", "bounded_relu", sharpness).forward(x.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(keras_output(BoundedRelu(), x, sharpness), expected)
+
+
+@pytest.mark.parametrize("sharpness", [0.0, 0.5, 1.0])
+def test_sharp_sigmoid_layer_matches_the_formula(sharpness):
+    x = np.linspace(-3, 3, 121, dtype=np.float32)[None]
+    expected = Sharpenable("u", "sharp_sigmoid", sharpness).forward(x.astype(np.float64))
+    np.testing.assert_allclose(keras_output(SharpSigmoid(), x, sharpness), expected, atol=1e-6)
+
+
+def test_sharpness_and_key_are_not_trainable_and_aliases_are_the_classes():
+    assert Spiking_BRelu is BoundedRelu and Softmax_Decode is SoftmaxDecode
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), BoundedRelu(),
+                              SoftmaxDecode(key_generator(2, 8, overlapping=False))])
+    trainable = {w.path for w in model.trainable_weights}
+    assert all("sharpness" not in p and "key" not in p for p in trainable)
+    assert len(model.non_trainable_weights) == 2
+
+
+def test_key_generator_is_seeded_and_respects_overlap():
+    disjoint = key_generator(10, 40, overlapping=False, seed=1)
+    assert disjoint.sum(axis=1).tolist() == [4] * 10 and disjoint.sum(axis=0).max() == 1
+    overlapping = key_generator(10, 100, sparsity=0.1, seed=2)
+    assert overlapping.sum(axis=1).tolist() == [10] * 10
+    assert len({tuple(row) for row in overlapping}) == 10
+    np.testing.assert_array_equal(overlapping, key_generator(10, 100, sparsity=0.1, seed=2))
+    assert not np.array_equal(overlapping, key_generator(10, 100, sparsity=0.1, seed=3))
+
+
+def three_layer_model():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), BoundedRelu(), keras.layers.Dense(4),
+                             BoundedRelu(), keras.layers.Dense(4), BoundedRelu()])
+
+
+def run_epochs(sharpener, epochs, batches, losses=None):
+    """Drive a sharpener's callbacks as fit() would; returns the sharpness after each epoch."""
+    model = three_layer_model()
+    sharpener.set_model(model)
+    sharpener.set_params({"steps": batches, "epochs": epochs})
+    sharpener.on_train_begin()
+    seen = []
+    for epoch in range(epochs):
+        sharpener.on_epoch_begin(epoch)
+        for batch in range(batches):
+            sharpener.on_train_batch_end(batch)
+        sharpener.on_epoch_end(epoch, {"loss": losses[epoch] if losses else 1.0})
+        seen.append([round(v, 4) for v in sharpener.get_layer_sharpness()])
+        if getattr(model, "stop_training", False):
+            break
+    return seen
+
+
+def test_simple_sharpener_per_epoch_bottom_up():
+    seen = run_epochs(SimpleSharpener(start_epoch=1, steps=2), epochs=20, batches=3)
+    assert seen == [[0, 0, 0], [0.5, 0, 0], [1, 0, 0], [1, 0.5, 0], [1, 1, 0], [1, 1, 0.5], [1, 1, 1]]
+
+
+def test_simple_sharpener_per_batch_works():  # the original crashed with epochs=False
+    seen = run_epochs(SimpleSharpener(start_epoch=0, steps=3, epochs=False), epochs=5, batches=3)
+    assert seen == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+
+
+def test_simple_sharpener_uniform():
+    seen = run_epochs(SimpleSharpener(start_epoch=0, steps=1, bottom_up=False), epochs=5, batches=1)
+    assert seen == [[0.3333, 0.3333, 0.3333], [0.6667, 0.6667, 0.6667], [1, 1, 1]]
+
+
+def test_scheduled_sharpener_follows_its_windows_per_batch():
+    assert ScheduledSharpener.gen_schedule(3, 1, 2, 1) == [(1, 3), (4, 6), (7, 9)]
+    sharpener = ScheduledSharpener([(0, 2), (1, 2), (2, 4)])
+    seen = run_epochs(sharpener, epochs=10, batches=4)
+    assert seen == [[0.5, 0, 0], [1, 1, 0], [1, 1, 0.5], [1, 1, 1]]
+    with pytest.raises(ValueError, match="3 spiking layers"):
+        run_epochs(ScheduledSharpener([(0, 1)]), epochs=1, batches=1)
+
+
+def test_adaptive_sharpener_waits_for_a_plateau_then_one_layer_per_epoch_and_pauses_on_degradation():
+    sharpener = AdaptiveSharpener(min_init_epochs=2, rate=0.5, cz_rate=0.25, critical=0.75, patience=1)
+    losses = [1.0, 0.5, 0.49, 0.48, 0.48, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    seen = run_epochs(sharpener, epochs=len(losses), batches=2, losses=losses)
+    # epoch 2 (loss 0.49, no 15 % gain) starts sharpening; each epoch adds 0.5 (0.25 past 0.75);
+    # epoch 5's loss (0.9 > 0.48 * 1.15) pauses; the next plateau resumes.
+    assert seen[:4] == [[0, 0, 0], [0, 0, 0], [0, 0, 0], [0.5, 0, 0]]
+    assert seen[4] == [0.875, 0, 0] and seen[5] == [1.0, 0, 0]
+    assert seen[6] == seen[5]                      # paused after the degradation
+    assert seen[-1] == [1, 1, 1] and len(seen) < len(losses)
+
+
+@pytest.mark.parametrize("model,input_shape,normalize", FIXTURES)
+def test_keras_builder_reproduces_onnxruntime(model, input_shape, normalize):
+    result = api.convert(MODELS / model, data="digits", normalize=normalize, finetune=False)
+    x = np.random.default_rng(0).uniform(0, 1, (64, *input_shape)).astype(np.float32)
+    for network, onnx_model in ((None, result.float_model), (result.sharpenable_network, result.sharpenable_model)):
+        if network is None:
+            from whetstone_onnx.lift import lift
+            from whetstone_onnx.load import load_model
+            from whetstone_onnx.passes.pipeline import run_onnx_passes
+            network = lift(run_onnx_passes(load_model(MODELS / model).model)[0])
+        keras_model = build_keras(network).model
+        np.testing.assert_allclose(keras_model.predict(x, verbose=0), runtime.predict(onnx_model, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("model,input_shape,normalize", FIXTURES)
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_write_back_makes_spiking_onnx_reproduce_the_trained_keras_model(model, input_shape, normalize, batchnorm):
+    result = api.convert(MODELS / model, data="digits", normalize=normalize, finetune=False)
+    network = result.sharpenable_network.copy()
+    x = np.random.default_rng(1).uniform(0, 1, (200, *input_shape)).astype(np.float32)
+    stats = None
+    if batchnorm:
+        from whetstone_onnx.finetune import _batchnorm_stats
+        stats = _batchnorm_stats(network, x)
+    built = build_keras(network, batchnorm_stats=stats)
+    rng = np.random.default_rng(2)
+    for layer in built.model.layers:          # stand-in for training: perturb every weight
+        weights = layer.get_weights()
+        if weights and not isinstance(layer, (SoftmaxDecode, BoundedRelu)):
+            layer.set_weights([w * rng.uniform(0.8, 1.2, w.shape).astype(np.float32) for w in weights])
+        if isinstance(layer, BoundedRelu):
+            layer.set_sharpness(1.0)
+    write_back(network, built)
+    assert all(layer.sharpness == 1.0 for layer in network.layers if isinstance(layer, Sharpenable))
+    keras_predictions = built.model.predict(x, verbose=0)
+    sharpenable = runtime.predict(to_onnx(network, graph_name="s"), x)
+    step = network.copy()
+    to_step_network(step)
+    spiking = runtime.predict(to_onnx(step, graph_name="s"), x)
+    assert np.mean(keras_predictions.argmax(1) == spiking.argmax(1)) == 1.0
+    np.testing.assert_allclose(sharpenable, keras_predictions, atol=1e-5)
+
+
+def test_finetuning_end_to_end_is_reproducible_and_keras_agrees_with_spiking_onnx(tmp_path):
+    options = api.FinetuneOptions(epochs=3, straight_through_epochs=1, seed=4)
+    first = api.convert(MODELS / "digits_dense.onnx", tmp_path / "a", data="digits", finetune=options)
+    second = api.convert(MODELS / "digits_dense.onnx", tmp_path / "b", data="digits",
+                         finetune=api.FinetuneOptions(epochs=3, straight_through_epochs=1, seed=4))
+    report = first.report["finetune"]
+    assert report["performed"] and len(report["history"]) == 4
+    assert [row["phase"] for row in report["history"]] == ["sharpening"] * 3 + ["straight-through"]
+    assert report["history"][-1]["sharpness"] == [1.0, 1.0, 1.0]
+    assert report["keras_vs_spiking_onnx"]["agreement"] == 1.0
+    assert first.accuracy["spiking"] == report["history"][-1]["spiking_accuracy"]
+    assert first.accuracy["spiking"] > 0.8
+    for name in ("sharpenable.onnx", "spiking.onnx", "training.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert second.passed
+    sharpness = [onnx.numpy_helper.to_array(i) for i in onnx.load(tmp_path / "a" / "sharpenable.onnx").graph.initializer
+                 if i.name.endswith(".sharpness")]
+    assert sharpness and all(value == 1.0 for value in sharpness)
