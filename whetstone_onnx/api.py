@@ -81,7 +81,7 @@ def inspect(model: ModelInput) -> InspectResult:
 @dataclass
 class ConversionResult:
     report: dict
-    float_model: onnx.ModelProto
+    float_model: onnx.ModelProto | None      # None for a Keras source (export_keras)
     sharpenable_model: onnx.ModelProto
     spiking_model: onnx.ModelProto
     sharpenable_network: Network
@@ -147,7 +147,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             "make_output_stage": make_output_stage(sharpenable, output, calibration, key_width=key_width,
                                                    seed=seed),
         }
-        initial_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded, "sharpenable"))
+        initial_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded.source, loaded.sha256))
         agreement = check.class_agreement(loaded.model, initial_model, test)
     finetune_report: dict = {"requested": bool(finetune), "performed": False}
     trained, tuned = sharpenable, None
@@ -163,13 +163,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         finetune_report.update(performed=True, options=asdict(finetune_options),
                                reached_full_sharpness=tuned.reached_full_sharpness, history=tuned.history)
     with clock("emit"):
-        sharpenable_model = to_onnx(trained, graph_name="sharpenable", doc=_doc(loaded, "sharpenable"))
-        spiking = trained.copy()
-        for layer in spiking.layers:
-            if isinstance(layer, Sharpenable):
-                layer.sharpness = 1.0
-        network_counts["to_step_network"] = to_step_network(spiking)
-        spiking_model = to_onnx(spiking, graph_name="spiking", doc=_doc(loaded, "spiking"))
+        sharpenable_model, spiking, spiking_model = _emit(trained, _doc(loaded.source, loaded.sha256))
+        network_counts["to_step_network"] = sum(isinstance(layer, Spike) for layer in spiking.layers)
     with clock("spike_check"):
         spike_check = check.check_spiking(spiking, test)
         if tuned is not None:
@@ -216,13 +211,71 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         "passed": float_check.passed and spike_check.passed,
     }
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_atomic(out_dir / "sharpenable.onnx", sharpenable_bytes)
-        write_atomic(out_dir / "spiking.onnx", spiking_bytes)
-        if tuned is not None:
-            write_atomic(out_dir / "training.png", training_plot(tuned.history))
-        write_atomic(out_dir / "report.json", json_bytes(report))
-    return ConversionResult(report, float_model, sharpenable_model, spiking_model, trained, spiking, out_dir)
+        _write(Path(out_dir), sharpenable_bytes, spiking_bytes, report,
+               training_plot(tuned.history) if tuned is not None else None)
+    return ConversionResult(report, float_model, sharpenable_model, spiking_model, trained, spiking,
+                            None if out_dir is None else Path(out_dir))
+
+
+def export_keras(model, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
+                 normalize: tuple[float, float] | None = None, seed: int = 0) -> ConversionResult:
+    """A Keras model built with ``whetstone_onnx.keras`` layers (e.g. in the classic
+    Whetstone style) -> the same sharpenable / spiking artifacts and checks as ``convert``.
+
+    The spiking graph uses every layer at sharpness 1, whatever the Keras model's
+    current sharpness; the report records the sharpness it had.
+    """
+    from .keras.frontend import network_from_keras
+
+    trained = network_from_keras(model)
+    dataset = load_dataset(data) if isinstance(data, str) else data
+    _, test, _ = _inputs(dataset, trained, normalize, seed)
+    sharpenable_model, spiking, spiking_model = _emit(trained, f"whetstone_onnx graph of Keras model '{model.name}'")
+    spike_check = check.check_spiking(spiking, test)
+    keras_spiking = build_spiking_keras_predictions(model, test)
+    onnx_predictions = runtime.predict(spiking_model, test).reshape(len(test), -1).argmax(1)
+    accuracy = None
+    if dataset is not None:
+        accuracy = {"keras": float(np.mean(model.predict(test, verbose=0).argmax(1) == dataset.y_test)),
+                    "sharpenable": _accuracy(sharpenable_model, test, dataset.y_test),
+                    "spiking": _accuracy(spiking_model, test, dataset.y_test)}
+    sharpenable_bytes, spiking_bytes = sharpenable_model.SerializeToString(), spiking_model.SerializeToString()
+    report = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "model": {"source": "keras", "name": model.name, "input": {"shape": list(trained.input_shape)},
+                  "output": {"classes": trained.num_classes}},
+        "output_opset": {"ai.onnx": PINNED_OPSET, DOMAIN: DOMAIN_VERSION, "ir_version": PINNED_IR_VERSION},
+        "layers": _layer_table(spiking),
+        "sharpness": [layer.sharpness for layer in trained.layers if isinstance(layer, Sharpenable)],
+        "data": None if dataset is None else {"spec": dataset.spec, "test_samples": len(dataset.y_test)},
+        "accuracy": accuracy,
+        "equivalence": {"spiking": spike_check.to_dict(),
+                        "keras_vs_spiking_onnx": {"samples": len(test), "agreement": float(
+                            np.mean(keras_spiking == onnx_predictions))}},
+        "artifacts": {"sharpenable.onnx": {"sha256": sha256(sharpenable_bytes)},
+                      "spiking.onnx": {"sha256": sha256(spiking_bytes)}},
+        "versions": package_versions(),
+        "passed": spike_check.passed,
+    }
+    if out_dir is not None:
+        _write(Path(out_dir), sharpenable_bytes, spiking_bytes, report, None)
+    return ConversionResult(report, None, sharpenable_model, spiking_model, trained, spiking,
+                            None if out_dir is None else Path(out_dir))
+
+
+def build_spiking_keras_predictions(model, x: np.ndarray) -> np.ndarray:
+    """The Keras model's classes with every Whetstone layer at sharpness 1 (sharpness restored after)."""
+    from .keras.sharpeners import spiking_layers
+
+    layers = spiking_layers(model)
+    saved = [layer.get_sharpness() for layer in layers]
+    for layer in layers:
+        layer.set_sharpness(1.0)
+    try:
+        return model.predict(x, verbose=0).reshape(len(x), -1).argmax(1)
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.set_sharpness(value)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -285,5 +338,25 @@ def _layer_table(network: Network) -> list[dict]:
     return rows
 
 
-def _doc(loaded: LoadedModel, kind: str) -> str:
-    return f"whetstone_onnx {kind} graph of {Path(loaded.source).name} (sha256 {loaded.sha256[:16]})"
+def _doc(source: str, sha: str) -> str:
+    return f"whetstone_onnx graph of {Path(source).name} (sha256 {sha[:16]})"
+
+
+def _emit(trained: Network, doc: str) -> tuple[onnx.ModelProto, Network, onnx.ModelProto]:
+    """(sharpenable model, step network, spiking model) of a trained sharpenable network."""
+    sharpenable_model = to_onnx(trained, graph_name="sharpenable", doc=doc)
+    spiking = trained.copy()
+    for layer in spiking.layers:
+        if isinstance(layer, Sharpenable):
+            layer.sharpness = 1.0
+    to_step_network(spiking)
+    return sharpenable_model, spiking, to_onnx(spiking, graph_name="spiking", doc=doc)
+
+
+def _write(out_dir: Path, sharpenable: bytes, spiking: bytes, report: dict, plot: bytes | None) -> None:
+    """Every artifact, each atomically; the report last, so its presence means the set is complete."""
+    write_atomic(out_dir / "sharpenable.onnx", sharpenable)
+    write_atomic(out_dir / "spiking.onnx", spiking)
+    if plot is not None:
+        write_atomic(out_dir / "training.png", plot)
+    write_atomic(out_dir / "report.json", json_bytes(report))

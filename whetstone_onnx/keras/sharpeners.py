@@ -5,6 +5,11 @@ default: one layer at a time, first layer first) and stop training once every
 layer has reached sharpness 1. Differences from the original library:
 ``SimpleSharpener(epochs=False)`` works (it stepped per batch and crashed);
 sharpness lives in non-trainable weights; every schedule is deterministic.
+
+Per-batch sharpening runs in ``on_train_batch_begin`` and keeps the values in
+Python: a batch-*end* hook would make Keras wait for every batch's logs (about
+a third more time per epoch on a small dense model), and reading the variables
+back would synchronise too.
 """
 from __future__ import annotations
 
@@ -28,12 +33,23 @@ class Sharpener(keras.callbacks.Callback):
     def layers(self) -> list[Spiking]:
         return spiking_layers(self.model)
 
+    def on_train_begin(self, logs=None):
+        self._layers = self.layers
+        self._values = [layer.get_sharpness() for layer in self._layers]
+
     def get_layer_sharpness(self) -> list[float]:
-        return [layer.get_sharpness() for layer in self.layers]
+        if not hasattr(self, "_values"):
+            return [layer.get_sharpness() for layer in self.layers]
+        return list(self._values)
 
     def set_layer_sharpness(self, values: list[float]) -> None:
-        for layer, value in zip(self.layers, values):
-            layer.set_sharpness(value)
+        if not hasattr(self, "_values"):
+            self.on_train_begin()
+        for i, (layer, value) in enumerate(zip(self._layers, values)):
+            value = min(max(float(value), 0.0), 1.0)
+            if value != self._values[i]:       # assign only what changed
+                layer.set_sharpness(value)
+                self._values[i] = value
 
     def model_sharpness(self) -> float:
         values = self.get_layer_sharpness()
@@ -88,11 +104,9 @@ class SimpleSharpener(Sharpener):
     def on_epoch_begin(self, epoch, logs=None):
         self.current_epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
         if not self.epochs:
             self._step()
-            if self.fully_sharp() and self.stop_when_sharp:
-                self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         if self.epochs:
@@ -125,13 +139,15 @@ class ScheduledSharpener(Sharpener):
                 for i in range(num_layers)]
 
     def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
         if len(self.schedule) != len(self.layers):
             raise ValueError(f"the schedule has {len(self.schedule)} windows for {len(self.layers)} spiking layers")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current_epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
+        # The value this batch's training ends at, set as it begins (see the module docstring).
         batches = self.params.get("steps") or 1
         now = self.current_epoch + (batch + 1) / batches
         self.set_layer_sharpness([min(max((now - start) / (stop - start), 0.0), 1.0)
@@ -169,7 +185,7 @@ class AdaptiveSharpener(Sharpener):
     def on_epoch_begin(self, epoch, logs=None):
         self.finished_this_epoch = False
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
         if not self.sharpening or self.finished_this_epoch:
             return
         values = self.get_layer_sharpness()

@@ -8,6 +8,7 @@ import onnx_ir as ir
 
 from ..errors import UnsupportedModelError
 from ..passes.graph import const_array, static_shape
+from .padding import same_padding
 
 Lifter = Callable[[ir.Node, "LiftContext"], object]
 LIFTERS: dict[str, Lifter] = {}
@@ -76,12 +77,6 @@ class LiftContext:
         auto_pad = self.string("auto_pad", "NOTSET")
         if auto_pad in ("NOTSET", "VALID"):
             return self.ints("pads", [0] * 2 * len(kernel)) if auto_pad == "NOTSET" else [0] * 2 * len(kernel)
-        spatial = self.input_shape[1:]
-        begin, end = [], []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            out = -(-size // s)
-            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, large = total // 2, total - total // 2
-            begin.append(small if auto_pad == "SAME_UPPER" else large)
-            end.append(large if auto_pad == "SAME_UPPER" else small)
+        begin, end = same_padding(self.input_shape[1:], kernel, strides, dilations,
+                                  extra_at_end=auto_pad == "SAME_UPPER")
         return begin + end
