@@ -74,6 +74,11 @@ class Layer:
         """A row of the report's layer table."""
         return {"name": self.name, "kind": self.kind}
 
+    def to_nir(self, builder, input_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Add this layer's NIR nodes through a ``netlist.nir_export.NirBuilder``."""
+        from .errors import UnsupportedModelError
+        raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) has no NIR form")
+
     def to_keras(self, builder) -> None:
         """Add this layer's Keras layers through a ``keras.build.KerasBuilder``."""
         from .errors import UnsupportedModelError

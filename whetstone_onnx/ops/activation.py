@@ -121,6 +121,9 @@ class Spike(Layer):
         threshold = builder.constant(f"{self.name}.threshold", self.threshold)
         return builder.node("Spike", [x, threshold], self.name, name=self.name, custom=True)
 
+    def to_nir(self, builder, input_shape) -> None:
+        builder.spiking_unit(self.name, self.threshold, tuple(input_shape))
+
     def describe(self):
         return {**super().describe(), "threshold_min": float(self.threshold.min()),
                 "threshold_max": float(self.threshold.max())}

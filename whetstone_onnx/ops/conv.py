@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
 from ..network import LinearLayer, OnnxBuilder
 from .registry import LiftContext, lifts
 
@@ -59,6 +60,17 @@ class Conv2d(LinearLayer):
         return builder.node("Conv", inputs, self.name, name=self.name, strides=list(self.strides),
                             pads=list(self.pads), dilations=list(self.dilations), group=self.group,
                             kernel_shape=list(self.weight.shape[2:]))
+
+    def to_nir(self, builder, input_shape) -> None:
+        import nir
+        top, left, bottom, right = self.pads
+        if (top, left) != (bottom, right):
+            raise UnsupportedModelError(f"layer '{self.name}': NIR Conv2d has symmetric padding only, "
+                                        f"pads are {list(self.pads)}")
+        builder.add(self.name, nir.Conv2d(input_shape=tuple(input_shape[1:]), weight=self.weight,
+                                          stride=tuple(self.strides), padding=(top, left),
+                                          dilation=tuple(self.dilations), groups=self.group,
+                                          bias=self.bias_or_zero()))
 
     def to_keras(self, builder) -> None:
         import keras

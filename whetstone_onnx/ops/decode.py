@@ -28,6 +28,12 @@ class NHotDecode(Layer):
         key = builder.constant(f"{self.name}.key", self.key)
         return builder.node("NHotDecode", [x, key], self.name, name=self.name, custom=True)
 
+    def to_nir(self, builder, input_shape) -> None:
+        # No NIR node decodes: the output is the code layer's spikes, the key rides in the metadata.
+        builder.metadata["nhot_key"] = self.key.astype(np.int64).tolist()
+        builder.metadata["decode"] = "class = argmax over classes of (2 spikes - 1) . (2 key - 1)"
+        return tuple(input_shape)
+
     def to_keras(self, builder) -> None:
         from ..keras.layers import SoftmaxDecode
         builder.to_channels_first(self.name)

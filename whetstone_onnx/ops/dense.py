@@ -30,6 +30,10 @@ class Dense(LinearLayer):
             inputs.append(builder.constant(f"{self.name}.bias", self.bias))
         return builder.node("Gemm", inputs, self.name, name=self.name, transB=1)
 
+    def to_nir(self, builder, input_shape) -> None:
+        import nir
+        builder.add(self.name, nir.Affine(self.weight, self.bias_or_zero()))
+
     def to_keras(self, builder) -> None:
         import keras
         builder.to_channels_first(self.name)

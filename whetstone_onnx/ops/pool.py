@@ -75,6 +75,16 @@ class MaxPool2d(Pool2d):
     def forward(self, x):
         return self._reduce(x, -np.inf, np.maximum)
 
+    def to_nir(self, builder, input_shape) -> None:
+        import nir
+        padding = self._padding(*input_shape[1:])
+        if (padding[0], padding[1]) != (padding[2], padding[3]):
+            raise UnsupportedModelError(f"layer '{self.name}': NIR pooling has symmetric padding only")
+        # On binary spikes, max = OR: a window sum (zero padding adds nothing) and a unit firing on >= 1.
+        builder.add(f"{self.name}_sum", nir.SumPool2d(np.array(self.kernel), np.array(self.strides),
+                                                      np.array(padding[:2])))
+        builder.spiking_unit(self.name, np.float32(1.0), tuple(self.output_shape(input_shape)))
+
     def to_keras(self, builder) -> None:
         import keras
         from ..keras.layers import ConstantPad2D
@@ -107,6 +117,12 @@ class AvgPool2d(Pool2d):
         else:
             counts = self._reduce(ones, 0.0, np.add)
         return sums / counts
+
+    def to_nir(self, builder, input_shape) -> None:
+        import nir
+        if any(self.pads) or self.ceil_mode:
+            raise UnsupportedModelError(f"layer '{self.name}': padded average pooling has no NIR form")
+        builder.add(self.name, nir.AvgPool2d(np.array(self.kernel), np.array(self.strides), np.array([0, 0])))
 
     def to_keras(self, builder) -> None:
         import keras

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
 from ..network import Layer, OnnxBuilder
 from .registry import LiftContext, lifts
 
@@ -26,6 +27,18 @@ class Reshape(Layer):
     def emit(self, builder: OnnxBuilder, x: str) -> str:
         target = builder.constant(f"{self.name}.shape", np.array([-1, *self.shape]), dtype=np.int64)
         return builder.node("Reshape", [x, target], self.name, name=self.name)
+
+    def to_nir(self, builder, input_shape) -> None:
+        import nir
+        if builder.last == "input":
+            # A reshape of the input keeps its C-order values: the NIR input takes the new shape.
+            builder.input_shape = tuple(self.shape)
+            builder.metadata["input_reshape"] = {"from": list(input_shape), "to": list(self.shape)}
+            return None
+        if len(self.shape) != 1:
+            raise UnsupportedModelError(f"layer '{self.name}': NIR has Flatten only, not a reshape to {self.shape}")
+        # NIR shapes carry no batch axis: flatten the whole per-sample tensor.
+        builder.add(self.name, nir.Flatten(input_type={"input": np.array(input_shape)}, start_dim=0, end_dim=-1))
 
     def to_keras(self, builder) -> None:
         import keras

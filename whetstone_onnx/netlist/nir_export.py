@@ -1,0 +1,91 @@
+"""NIR export of a step network (the community netlist standard, package ``nir``).
+
+Profiles, chosen by what the consumer imports:
+  * ``semantic``: Affine / Conv2d followed by Threshold, exact and stateless;
+  * ``portable`` (default): memoryless LIF units (tau = dt, r = 1, v_leak = 0,
+    v_reset = 0): one Euler step of dt sets v to the input current, which is what
+    the NIRTorch-based importers (snnTorch, Norse) accept;
+  * ``cuba``: CubaLIF units with tau_syn = tau_mem = dt, for lava-dl-style backends.
+
+Every NIR spiking node fires on ``v > threshold`` while a Whetstone unit fires on
+``v >= threshold``: thresholds are written as nextafter(threshold, -inf) in
+float32, which is the same decision for float32 potentials; the metadata says so.
+Max pooling has no NIR node: on binary spikes it is an OR of the window, written
+as SumPool2d followed by a unit firing on a sum > 0.5 (exact). The N-hot key goes
+into the graph metadata so a reader can decode the output spikes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError
+from ..network import Network
+
+PROFILES = ("semantic", "portable", "cuba")
+DEFAULT_DT = 1e-4
+
+
+@dataclass
+class NirBuilder:
+    """Collects NIR nodes in a chain while the op families add theirs."""
+
+    profile: str
+    dt: float
+    nodes: dict = field(default_factory=dict)
+    edges: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    last: str = "input"
+    input_shape: tuple[int, ...] | None = None     # the Input node's shape, when a layer reshapes the input
+
+    def add(self, name: str, node) -> str:
+        name = self._unique(name.replace("/", "_").replace(".", "_"))
+        self.nodes[name] = node
+        self.edges.append((self.last, name))
+        self.last = name
+        return name
+
+    def spiking_unit(self, name: str, threshold: np.ndarray, shape: tuple[int, ...]) -> None:
+        """A layer of units firing when their input >= ``threshold`` (broadcast to ``shape``)."""
+        import nir
+        strict = np.nextafter(np.broadcast_to(np.asarray(threshold, np.float32), shape).astype(np.float32),
+                              np.float32(-np.inf))
+        ones, zeros = np.ones(shape, np.float32), np.zeros(shape, np.float32)
+        tau = np.full(shape, self.dt, np.float32)
+        if self.profile == "semantic":
+            node = nir.Threshold(strict)
+        elif self.profile == "portable":
+            node = nir.LIF(tau=tau, r=ones, v_leak=zeros, v_threshold=strict, v_reset=zeros)
+        else:
+            node = nir.CubaLIF(tau_syn=tau, tau_mem=tau, r=ones, v_leak=zeros, v_threshold=strict,
+                               v_reset=zeros, w_in=ones)
+        # Which network layer each spiking node is, so checks can compare layer by layer.
+        self.metadata.setdefault("spiking_layers", {})[self.add(name, node)] = name
+
+    def _unique(self, name: str) -> str:
+        candidate, k = name, 1
+        while candidate in self.nodes or candidate in ("input", "output"):
+            candidate, k = f"{name}_{k}", k + 1
+        return candidate
+
+
+def to_nir(network: Network, *, profile: str = "portable", dt: float = DEFAULT_DT):
+    """The step network (Spike units, see passes/spiking.py) as a ``nir.NIRGraph``."""
+    import nir
+    if profile not in PROFILES:
+        raise InputError(f"--nir-profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    builder = NirBuilder(profile, dt, metadata={
+        "producer": f"whetstone_onnx {__version__}", "profile": profile, "dt": dt,
+        "threshold_rule": "units fire on v > threshold; thresholds are nextafter(t, -inf) of the "
+                          "Whetstone threshold t (fires on v >= t), equal decisions for float32 v"})
+    shape = network.input_shape
+    for layer in network.layers:
+        # A layer returns its NIR output shape only when it differs from its own (the decode).
+        shape = layer.to_nir(builder, shape) or layer.output_shape(shape)
+    input_shape = builder.input_shape or network.input_shape
+    nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)}),
+             **builder.nodes, "output": nir.Output(output_type={"output": np.array(shape)})}
+    edges = builder.edges + [(builder.last, "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=builder.metadata)

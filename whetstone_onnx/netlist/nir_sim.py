@@ -1,0 +1,76 @@
+"""A NumPy simulator of NIR graphs, one time step, for the nodes whetstone_onnx writes.
+
+It reads only the NIR graph (as ``nir.read`` returns it), so agreeing with the
+step network proves the file, not just the exporter. Potentials are computed
+in float32, as a neuromorphic chip would; the Whetstone-to-NIR threshold rule
+(nextafter) is exact for float32 potentials.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..ops.conv import Conv2d
+from ..ops.pool import AvgPool2d, Pool2d
+
+
+def simulate(graph, x: np.ndarray, dt: float | None = None) -> dict[str, np.ndarray]:
+    """Every node's output on a batch ``x`` (one Euler step of ``dt`` from rest), by node name.
+
+    ``dt`` defaults to the one whetstone_onnx recorded in the graph's metadata.
+    """
+    import nir
+    dt = np.float32(graph.metadata.get("dt", 1e-4) if dt is None else dt)
+    order = _chain(graph)
+    values: dict[str, np.ndarray] = {}
+    h = np.asarray(x, np.float32)
+    for name in order:
+        node = graph.nodes[name]
+        if isinstance(node, nir.Input):
+            h = h.reshape(len(h), *np.asarray(node.input_type["input"]).tolist())
+        elif isinstance(node, nir.Output):
+            pass
+        elif isinstance(node, nir.Affine):
+            h = h.reshape(len(h), -1) @ node.weight.astype(np.float32).T + node.bias.astype(np.float32)
+        elif isinstance(node, nir.Conv2d):
+            padding = tuple(np.broadcast_to(node.padding, (2,)).tolist())
+            conv = Conv2d(name, node.weight.astype(np.float32), node.bias.astype(np.float32),
+                          tuple(np.broadcast_to(node.stride, (2,)).tolist()), (*padding, *padding),
+                          tuple(np.broadcast_to(node.dilation, (2,)).tolist()), int(node.groups))
+            h = conv.forward(h.astype(np.float64)).astype(np.float32)
+        elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
+            padding = tuple(np.asarray(node.padding).tolist())
+            pool_args = (name, tuple(np.asarray(node.kernel_size).tolist()), tuple(np.asarray(node.stride).tolist()),
+                         (*padding, *padding))
+            if isinstance(node, nir.SumPool2d):
+                h = Pool2d(*pool_args)._reduce(h, 0.0, np.add)
+            else:
+                h = AvgPool2d(*pool_args, count_include_pad=True).forward(h.astype(np.float64)).astype(np.float32)
+        elif isinstance(node, nir.Flatten):
+            h = h.reshape(len(h), -1)
+        elif isinstance(node, nir.Threshold):
+            h = (h > node.threshold).astype(np.float32)
+        elif isinstance(node, nir.CubaLIF):
+            # From rest: i = dt/tau_syn * w_in * x, then v = dt/tau_mem * (v_leak + r * i).
+            current = dt / np.float32(node.tau_syn) * (np.float32(node.w_in) * h)
+            potential = dt / np.float32(node.tau_mem) * (np.float32(node.v_leak) + np.float32(node.r) * current)
+            h = (potential > node.v_threshold).astype(np.float32)
+        elif isinstance(node, nir.LIF):
+            # From rest: v = dt/tau * (v_leak + r * x).
+            potential = dt / np.float32(node.tau) * (np.float32(node.v_leak) + np.float32(node.r) * h)
+            h = (potential > node.v_threshold).astype(np.float32)
+        else:
+            raise InputError(f"NIR node '{name}' ({type(node).__name__}) is not simulated")
+        values[name] = h
+    return values
+
+
+def _chain(graph) -> list[str]:
+    following = dict(graph.edges)
+    if len(following) != len(graph.edges):
+        raise InputError("the NIR graph is not a chain")
+    order, name = [], "input"
+    while name is not None:
+        order.append(name)
+        name = following.get(name)
+    return order
