@@ -22,14 +22,27 @@ def assert_one_line_error(completed: subprocess.CompletedProcess, code: int, tex
     assert "Traceback" not in completed.stderr
 
 
-def test_convert_writes_the_three_artifacts_and_prints_the_table(tmp_path):
+def test_convert_writes_the_artifacts_and_prints_the_table(tmp_path):
     completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--data", "digits",
                         "--no-finetune")
     assert completed.returncode == 0, completed.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "sharpenable.onnx", "spiking.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.nir", "report.json", "sharpenable.onnx",
+                                                          "spiking.onnx"]
     assert "spiking" in completed.stdout and "original" in completed.stdout
     assert json.loads((tmp_path / "report.json").read_text())["finetune"]["performed"] is False
     assert "fine-tuning not performed: --no-finetune" in completed.stdout
+
+
+def test_no_netlist_and_nir_profile_options(tmp_path):
+    completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "a"), "--no-finetune",
+                        "--no-netlist")
+    assert completed.returncode == 0 and not (tmp_path / "a" / "model.nir").exists()
+    completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "b"), "--no-finetune",
+                        "--nir-profile", "semantic")
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["netlist"]["nir"]["profile"] == "semantic" and report["equivalence"]["nir"]["passed"]
+    assert_one_line_error(run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "c"),
+                                  "--nir-profile", "loihi"), 2, "--nir-profile")
 
 
 @pytest.mark.parametrize("model,listed", [("digits_tanh.onnx", "Tanh ('/act/Tanh')"),

@@ -36,6 +36,10 @@ def test_dense_keras_export_converts_with_bit_exact_spikes(digits_dense):
     assert spikes["passed"] and spikes["unexplained"] == 0 and len(spikes["layers"]) == 3
     assert report["finetune"]["performed"] is False
     assert report["passes"]["onnx"]["canonicalise_linear"] == 3
+    nir_check = report["equivalence"]["nir"]
+    assert nir_check["passed"] and nir_check["profile"] == "portable" and len(nir_check["layers"]) == 3
+    assert sum(layer["mismatches"] for layer in nir_check["layers"]) == 0
+    assert (out / "model.nir").stat().st_mode & 0o044 == 0o044     # an ordinary, readable file
     assert report["passes"]["network"]["replace_activations"] == 2
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from . import check, runtime
-from .artifacts import json_bytes, sha256, write_atomic
+from .artifacts import json_bytes, sha256, write_atomic, write_atomic_with
 from .data import Dataset, fit_to_input, load_dataset
 from .emit import to_onnx
 from .finetune import FinetuneOptions  # noqa: F401  (part of the API)
@@ -18,6 +18,7 @@ from .finetune import finetune as run_finetune
 from .errors import DataError, InputError, UnsupportedModelError
 from .lift import lift
 from .load import PINNED_IR_VERSION, PINNED_OPSET, LoadedModel, load_model
+from .netlist.nir_export import DEFAULT_DT, PROFILES, to_nir
 from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
 from .passes.activations import activations_before_pooling, replace_activations
@@ -103,20 +104,23 @@ class ConversionResult:
 def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
             normalize: tuple[float, float] | None = None, output: str = "nhot", key_width: int | None = None,
             seed: int = 0, finetune: bool | FinetuneOptions = True,
-            calibration_percentile: float = DEFAULT_PERCENTILE, progress: bool = False) -> ConversionResult:
+            calibration_percentile: float = DEFAULT_PERCENTILE, progress: bool = False,
+            netlist: bool = True, nir_profile: str = "portable", nir_dt: float = DEFAULT_DT) -> ConversionResult:
     """Convert a trained ONNX classifier into sharpenable and spiking ONNX graphs.
 
     With data, the network is fine-tuned through Keras while it is sharpened
     (``finetune``: True for the defaults, a ``FinetuneOptions`` to choose, False
     to sharpen every layer at once). With ``out_dir``, writes sharpenable.onnx,
-    spiking.onnx, report.json (and training.png after fine-tuning) there, each
-    atomically, after every check has run. Raises ``InputError``,
+    spiking.onnx, model.nir (unless ``netlist`` is False), report.json (and
+    training.png after fine-tuning) there, each atomically, after every check has run. Raises ``InputError``,
     ``UnsupportedModelError`` or ``DataError`` on bad input, before writing anything.
     """
     if not 0.0 < calibration_percentile <= 100.0:
         raise InputError(f"calibration percentile {calibration_percentile}: must be in (0, 100]")
     if output not in OUTPUT_MODES:
         raise InputError(f"--output {output!r}: expected one of {', '.join(OUTPUT_MODES)}")
+    if nir_profile not in PROFILES:
+        raise InputError(f"--nir-profile {nir_profile!r}: expected one of {', '.join(PROFILES)}")
     finetune_options = finetune if isinstance(finetune, FinetuneOptions) else FinetuneOptions(seed=seed)
     if finetune:
         finetune_options.validate()
@@ -165,6 +169,11 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     with clock("emit"):
         sharpenable_model, spiking, spiking_model = _emit(trained, _doc(loaded.source, loaded.sha256))
         network_counts["to_step_network"] = sum(isinstance(layer, Spike) for layer in spiking.layers)
+    nir_graph = nir_check = None
+    if netlist:
+        with clock("netlist"):
+            nir_graph = to_nir(spiking, profile=nir_profile, dt=nir_dt)
+            nir_check = check.check_nir(spiking_model, nir_graph, test)
     with clock("spike_check"):
         spike_check = check.check_spiking(spiking, test)
         if tuned is not None:
@@ -203,14 +212,21 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             "float": asdict(float_check),
             "sharpenable": {"samples": len(test), "sharpness": 0.0, "class_agreement": agreement},
             "spiking": spike_check.to_dict(),
+            "nir": None if nir_check is None else nir_check.to_dict(),
         },
+        "netlist": None if nir_graph is None else {
+            "nir": {"file": "model.nir", "profile": nir_profile, "dt": nir_dt, "nodes": len(nir_graph.nodes),
+                    "edges": len(nir_graph.edges)}},
         "artifacts": {"sharpenable.onnx": {"sha256": sha256(sharpenable_bytes)},
                       "spiking.onnx": {"sha256": sha256(spiking_bytes)}},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "versions": package_versions(),
-        "passed": float_check.passed and spike_check.passed,
+        "passed": float_check.passed and spike_check.passed and (nir_check is None or nir_check.passed),
     }
     if out_dir is not None:
+        if nir_graph is not None:
+            import nir
+            write_atomic_with(Path(out_dir) / "model.nir", lambda path: nir.write(path, nir_graph))
         _write(Path(out_dir), sharpenable_bytes, spiking_bytes, report,
                training_plot(tuned.history) if tuned is not None else None)
     return ConversionResult(report, float_model, sharpenable_model, spiking_model, trained, spiking,

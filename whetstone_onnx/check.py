@@ -123,3 +123,57 @@ def _compare_spikes(layer: Spike, ort_potential, ref_potential, ort_spikes, ref_
                            mismatches=int(mismatched.sum()), ties=int((mismatched & near).sum()),
                            near_threshold=int(near.sum()),
                            max_potential_diff=float(np.abs(ort_potential - ref_potential).max()))
+
+
+@dataclass
+class NirCheck:
+    """spiking.onnx (onnxruntime) against the NIR graph (re-read, simulated), layer by layer."""
+
+    samples: int
+    profile: str
+    tie_margin: float
+    layers: list[LayerSpikeCheck] = field(default_factory=list)
+    differences: list[dict] = field(default_factory=list)   # the first 100 mismatches, with distances
+
+    @property
+    def unexplained(self) -> int:
+        return sum(layer.mismatches - layer.ties for layer in self.layers)
+
+    @property
+    def passed(self) -> bool:
+        return self.unexplained == 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "unexplained": self.unexplained, "passed": self.passed}
+
+
+def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NirCheck:
+    """Each NIR spiking node computed from onnxruntime's input to it, compared with onnxruntime's spikes."""
+    from .netlist.nir_sim import simulate
+
+    layer_of = graph.metadata["spiking_layers"]           # NIR node -> network layer name
+    value_of = {node.name: node.output[0] for node in spiking_model.graph.node}
+    outputs = runtime.run(runtime.with_outputs(spiking_model, [value_of[layer] for layer in layer_of.values()]), x)
+    expected = {node: outputs[value_of[layer]].reshape(len(x), -1) for node, layer in layer_of.items()}
+    potentials: dict[str, np.ndarray] = {}
+    simulated = simulate(graph, x, forced=expected, potentials=potentials)
+    result = NirCheck(len(x), str(graph.metadata.get("profile")), TIE_MARGIN)
+    for node, layer in layer_of.items():
+        ours = simulated[node].reshape(len(x), -1)
+        potential = potentials[node].reshape(len(x), -1).astype(np.float64)
+        nir_node = graph.nodes[node]
+        strict = getattr(nir_node, "v_threshold", getattr(nir_node, "threshold", None))
+        # Distances are to the Whetstone (>=) threshold the strict NIR one was made from.
+        threshold = np.broadcast_to(np.nextafter(np.asarray(strict, np.float32), np.float32(np.inf)),
+                                    potentials[node].shape[1:]).reshape(-1).astype(np.float64)
+        distance = np.abs(potential - threshold)
+        near = distance <= TIE_MARGIN * max(1.0, float(np.abs(potential).max()))
+        mismatched = ours != expected[node]
+        result.layers.append(LayerSpikeCheck(layer=layer, neurons=int(ours.shape[1]), spike_rate=float(ours.mean()),
+                                             mismatches=int(mismatched.sum()), ties=int((mismatched & near).sum()),
+                                             near_threshold=int(near.sum()), max_potential_diff=0.0))
+        for sample, neuron in zip(*np.nonzero(mismatched)):
+            if len(result.differences) < 100:
+                result.differences.append({"layer": layer, "sample": int(sample), "neuron": int(neuron),
+                                           "distance_to_threshold": float(distance[sample, neuron])})
+    return result

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                               f"activations (default {api.DEFAULT_PERCENTILE:g})")
     convert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     convert.add_argument("--no-finetune", action="store_true", help="sharpen every layer at once, no training")
+    netlists = convert.add_argument_group("netlists")
+    netlists.add_argument("--nir-profile", choices=("semantic", "portable", "cuba"), default="portable",
+                          help="NIR neuron model: Threshold, memoryless LIF (default) or CubaLIF")
+    netlists.add_argument("--nir-dt", type=float, default=1e-4, help="time step of the LIF profiles (default 1e-4)")
+    netlists.add_argument("--no-netlist", action="store_true", help="write no model.nir")
     tuning = convert.add_argument_group("fine-tuning (with --data)")
     defaults = FinetuneOptions()
     tuning.add_argument("--epochs", type=int, default=defaults.epochs,
@@ -110,10 +115,11 @@ def _convert(args) -> int:
     result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
                          key_width=args.key_width, seed=args.seed,
                          finetune=False if args.no_finetune else options,
-                         calibration_percentile=args.percentile, progress=True)
+                         calibration_percentile=args.percentile, progress=True, netlist=not args.no_netlist,
+                         nir_profile=args.nir_profile, nir_dt=args.nir_dt)
     print(result.summary())
-    written = ["sharpenable.onnx", "spiking.onnx", "report.json"] + \
-        (["training.png"] if result.report["finetune"]["performed"] else [])
+    written = ["sharpenable.onnx", "spiking.onnx"] + (["model.nir"] if not args.no_netlist else []) + \
+        ["report.json"] + (["training.png"] if result.report["finetune"]["performed"] else [])
     print(f"\nwrote {', '.join(f'{args.out}/{name}' for name in written)}")
     if not result.passed:
         raise CheckFailed(f"{args.model}: equivalence check failed (see {args.out}/report.json)")

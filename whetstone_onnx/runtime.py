@@ -28,3 +28,14 @@ def predict(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """The model's first output on ``x``."""
     output = model.graph.output[0].name
     return run(model, x)[output]
+
+
+def with_outputs(model: onnx.ModelProto, values: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the intermediate ``values`` (float tensors)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for name in values:
+        if name not in present:
+            exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return exposed

@@ -14,10 +14,15 @@ from ..ops.conv import Conv2d
 from ..ops.pool import AvgPool2d, Pool2d
 
 
-def simulate(graph, x: np.ndarray, dt: float | None = None) -> dict[str, np.ndarray]:
+def simulate(graph, x: np.ndarray, dt: float | None = None, *, forced: dict[str, np.ndarray] | None = None,
+             potentials: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Every node's output on a batch ``x`` (one Euler step of ``dt`` from rest), by node name.
 
     ``dt`` defaults to the one whetstone_onnx recorded in the graph's metadata.
+    ``forced`` (node name -> array): after computing such a node, continue from
+    the given array instead, so a check can test each layer from another
+    implementation's input (one tie then does not cascade). ``potentials``, if
+    given, receives each spiking node's membrane potential.
     """
     import nir
     dt = np.float32(graph.metadata.get("dt", 1e-4) if dt is None else dt)
@@ -49,7 +54,8 @@ def simulate(graph, x: np.ndarray, dt: float | None = None) -> dict[str, np.ndar
         elif isinstance(node, nir.Flatten):
             h = h.reshape(len(h), -1)
         elif isinstance(node, nir.Threshold):
-            h = (h > node.threshold).astype(np.float32)
+            potential = h
+            h = (potential > node.threshold).astype(np.float32)
         elif isinstance(node, nir.CubaLIF):
             # From rest: i = dt/tau_syn * w_in * x, then v = dt/tau_mem * (v_leak + r * i).
             current = dt / np.float32(node.tau_syn) * (np.float32(node.w_in) * h)
@@ -61,7 +67,11 @@ def simulate(graph, x: np.ndarray, dt: float | None = None) -> dict[str, np.ndar
             h = (potential > node.v_threshold).astype(np.float32)
         else:
             raise InputError(f"NIR node '{name}' ({type(node).__name__}) is not simulated")
+        if potentials is not None and isinstance(node, (nir.Threshold, nir.LIF, nir.CubaLIF)):
+            potentials[name] = potential
         values[name] = h
+        if forced is not None and name in forced:
+            h = np.asarray(forced[name], np.float32).reshape(h.shape)
     return values
 
 

@@ -80,10 +80,11 @@ class MaxPool2d(Pool2d):
         padding = self._padding(*input_shape[1:])
         if (padding[0], padding[1]) != (padding[2], padding[3]):
             raise UnsupportedModelError(f"layer '{self.name}': NIR pooling has symmetric padding only")
-        # On binary spikes, max = OR: a window sum (zero padding adds nothing) and a unit firing on >= 1.
+        # On binary spikes, max = OR: a window sum (zero padding adds nothing) and a unit firing on a
+        # sum >= 0.5, i.e. on any spike; half-way between the integer sums, so no float tie is possible.
         builder.add(f"{self.name}_sum", nir.SumPool2d(np.array(self.kernel), np.array(self.strides),
                                                       np.array(padding[:2])))
-        builder.spiking_unit(self.name, np.float32(1.0), tuple(self.output_shape(input_shape)))
+        builder.spiking_unit(self.name, np.float32(0.5), tuple(self.output_shape(input_shape)))
 
     def to_keras(self, builder) -> None:
         import keras
