@@ -10,6 +10,11 @@ Profiles, chosen by what the consumer imports:
 Every NIR spiking node fires on ``v > threshold`` while a Whetstone unit fires on
 ``v >= threshold``: thresholds are written as nextafter(threshold, -inf) in
 float32, which is the same decision for float32 potentials; the metadata says so.
+The LIF importers want one threshold per layer (snnTorch asserts it), so the
+``portable`` and ``cuba`` profiles give the units of a layer with per-neuron
+thresholds the threshold 1 and move the per-neuron part into the bias of the
+Affine / Conv2d before it (bias = 1 - threshold); ``semantic`` keeps per-neuron
+thresholds and zero biases.
 Max pooling has no NIR node: on binary spikes it is an OR of the window, written
 as SumPool2d followed by a unit firing on a sum > 0.5 (exact). The N-hot key goes
 into the graph metadata so a reader can decode the output spikes.
@@ -26,6 +31,7 @@ from ..network import Network
 
 PROFILES = ("semantic", "portable", "cuba")
 DEFAULT_DT = 1e-4
+UNIFORM_THRESHOLD = np.float32(1.0)      # of every LIF / CubaLIF unit
 
 
 @dataclass
@@ -50,8 +56,11 @@ class NirBuilder:
     def spiking_unit(self, name: str, threshold: np.ndarray, shape: tuple[int, ...]) -> None:
         """A layer of units firing when their input >= ``threshold`` (broadcast to ``shape``)."""
         import nir
-        strict = np.nextafter(np.broadcast_to(np.asarray(threshold, np.float32), shape).astype(np.float32),
-                              np.float32(-np.inf))
+        threshold = np.broadcast_to(np.asarray(threshold, np.float32), shape).astype(np.float32)
+        if self.profile != "semantic" and np.unique(threshold).size > 1:
+            self._move_threshold_into_bias(name, threshold)
+            threshold = np.full(shape, UNIFORM_THRESHOLD, np.float32)
+        strict = np.nextafter(threshold, np.float32(-np.inf))
         ones, zeros = np.ones(shape, np.float32), np.zeros(shape, np.float32)
         tau = np.full(shape, self.dt, np.float32)
         if self.profile == "semantic":
@@ -63,6 +72,19 @@ class NirBuilder:
                                v_reset=zeros, w_in=ones)
         # Which network layer each spiking node is, so checks can compare layer by layer.
         self.metadata.setdefault("spiking_layers", {})[self.add(name, node)] = name
+
+    def _move_threshold_into_bias(self, name: str, threshold: np.ndarray) -> None:
+        """v >= t  <=>  v + (1 - t) >= 1: the preceding Affine / Conv2d takes 1 - t as its bias."""
+        import nir
+        previous = self.nodes.get(self.last)
+        if isinstance(previous, nir.Affine) and not np.any(previous.bias):
+            previous.bias = (UNIFORM_THRESHOLD - threshold.reshape(-1)).astype(np.float32)
+        elif isinstance(previous, nir.Conv2d) and not np.any(previous.bias) and \
+                np.all(threshold == threshold[:, :1, :1]):
+            previous.bias = (UNIFORM_THRESHOLD - threshold[:, 0, 0]).astype(np.float32)
+        else:
+            raise InputError(f"layer '{name}': per-neuron thresholds cannot be moved into a bias for the "
+                             f"{self.profile!r} NIR profile (use --nir-profile semantic)")
 
     def _unique(self, name: str) -> str:
         candidate, k = name, 1
@@ -79,7 +101,9 @@ def to_nir(network: Network, *, profile: str = "portable", dt: float = DEFAULT_D
     builder = NirBuilder(profile, dt, metadata={
         "producer": f"whetstone_onnx {__version__}", "profile": profile, "dt": dt,
         "threshold_rule": "units fire on v > threshold; thresholds are nextafter(t, -inf) of the "
-                          "Whetstone threshold t (fires on v >= t), equal decisions for float32 v"})
+                          "Whetstone threshold t (fires on v >= t), equal decisions for float32 v",
+        "threshold_placement": "per neuron" if profile == "semantic" else
+                               f"uniform {float(UNIFORM_THRESHOLD)}; per-neuron part in the synaptic layer's bias"})
     shape = network.input_shape
     for layer in network.layers:
         # A layer returns its NIR output shape only when it differs from its own (the decode).
