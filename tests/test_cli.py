@@ -99,3 +99,27 @@ def test_inspect_exits_2_on_unsupported_and_still_prints_the_op_table():
 def test_version():
     completed = run_cli("--version")
     assert completed.returncode == 0 and completed.stdout.startswith("whetstone-onnx ")
+
+
+def test_check_reruns_the_equivalence_and_fails_on_a_tampered_netlist(tmp_path):
+    nir = pytest.importorskip("nir")
+    assert run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--data", "digits",
+                   "--no-finetune").returncode == 0
+    completed = run_cli("check", str(tmp_path), "--json")
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["passed"] and result["data"] == "digits" and result["samples"] == 360
+    assert result["comparisons"]["spiking.onnx vs model.nir"]["unexplained"] == 0
+
+    graph = nir.read(tmp_path / "model.nir")
+    first_affine = next(node for node in graph.nodes.values() if isinstance(node, nir.Affine))
+    first_affine.weight[:5] *= -1.0                       # a hardware mapper's bug, say
+    nir.write(tmp_path / "model.nir", graph)
+    completed = run_cli("check", str(tmp_path))
+    assert completed.returncode == 1
+    assert "DISAGREE" in completed.stdout and "from its threshold" in completed.stdout
+    assert completed.stderr.strip().endswith("spikes differ beyond threshold ties")
+
+
+def test_check_on_a_directory_without_outputs_exits_2(tmp_path):
+    assert_one_line_error(run_cli("check", str(tmp_path)), 2, f"{tmp_path / 'spiking.onnx'}: file not found")

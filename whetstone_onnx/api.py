@@ -1,6 +1,7 @@
 """The typed public API: ``inspect`` and ``convert``. The CLI is a thin shell over it."""
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -376,3 +377,73 @@ def _write(out_dir: Path, sharpenable: bytes, spiking: bytes, report: dict, plot
     if plot is not None:
         write_atomic(out_dir / "training.png", plot)
     write_atomic(out_dir / "report.json", json_bytes(report))
+
+
+# ----------------------------------------------------------------------------- check
+
+@dataclass
+class CheckResult:
+    out_dir: str
+    samples: int
+    data: str | None
+    comparisons: dict[str, dict] = field(default_factory=dict)   # name -> a check's to_dict()
+
+    @property
+    def passed(self) -> bool:
+        return all(result["passed"] for result in self.comparisons.values())
+
+    def to_dict(self) -> dict:
+        return {"out_dir": self.out_dir, "samples": self.samples, "data": self.data,
+                "comparisons": self.comparisons, "passed": self.passed}
+
+    def summary(self) -> str:
+        lines = [f"{self.out_dir}: {self.samples} inputs ({self.data or 'random'})"]
+        for name, result in self.comparisons.items():
+            ties = sum(layer["ties"] for layer in result["layers"])
+            lines.append(f"  {name:<28} {'agree' if result['passed'] else 'DISAGREE'}: "
+                         f"{result['unexplained']} unexplained differences, {ties} threshold ties, "
+                         f"{len(result['layers'])} layers")
+            for difference in result.get("differences", [])[:10]:
+                lines.append(f"    layer {difference['layer']} sample {difference['sample']} neuron "
+                             f"{difference['neuron']}: potential {difference['distance_to_threshold']:.3g} "
+                             "from its threshold")
+        return "\n".join(lines)
+
+
+def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
+                  normalize: tuple[float, float] | None = None, seed: int = 0) -> CheckResult:
+    """Re-run the equivalence of a conversion's files: spiking.onnx (onnxruntime) against
+    model.nir (re-read and simulated), layer by layer. Without ``data``, the data and
+    normalisation recorded in report.json are used, else random inputs."""
+    import nir
+
+    out = Path(out_dir)
+    spiking_path = out / "spiking.onnx"
+    if not spiking_path.is_file():
+        raise InputError(f"{spiking_path}: file not found (is {out} a whetstone-onnx convert output?)")
+    spiking_model = load_model(spiking_path).model
+    if data is None and (out / "report.json").is_file():
+        try:
+            options = json.loads((out / "report.json").read_text()).get("options", {})
+        except json.JSONDecodeError:
+            raise InputError(f"{out / 'report.json'}: not valid JSON") from None
+        data = options.get("data")
+        normalize = normalize or (tuple(options["normalize"]) if options.get("normalize") else None)
+    dataset = load_dataset(data) if isinstance(data, str) else data
+    shape = tuple(d.dim_value for d in spiking_model.graph.input[0].type.tensor_type.shape.dim[1:])
+    rng = np.random.default_rng(seed)
+    if dataset is None:
+        x = rng.standard_normal((RANDOM_CHECK_SAMPLES, *shape)).astype(np.float32)
+    else:
+        x = fit_to_input(dataset.x_test, shape, normalize, spec=dataset.spec)
+    result = CheckResult(str(out), len(x), dataset.spec if dataset else None)
+    nir_path = out / "model.nir"
+    if nir_path.is_file():
+        try:
+            graph = nir.read(nir_path)
+        except Exception as exc:  # h5py and nir raise many types on a damaged file
+            raise InputError(f"{nir_path}: not a readable NIR file ({type(exc).__name__})") from None
+        result.comparisons["spiking.onnx vs model.nir"] = check.check_nir(spiking_model, graph, x).to_dict()
+    if not result.comparisons:
+        raise InputError(f"{out}: no netlist to check against spiking.onnx (model.nir is missing)")
+    return result

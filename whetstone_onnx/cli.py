@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                               f"activations (default {api.DEFAULT_PERCENTILE:g})")
     convert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     convert.add_argument("--no-finetune", action="store_true", help="sharpen every layer at once, no training")
+    check = commands.add_parser("check", help="re-check a convert output: spiking.onnx against model.nir, "
+                                              "layer by layer")
+    check.add_argument("out_dir", metavar="OUTDIR")
+    check.add_argument("--data", metavar="SPEC", help="default: the data recorded in OUTDIR/report.json")
+    check.add_argument("--normalize", metavar="MEAN,STD", type=_normalize)
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+
     netlists = convert.add_argument_group("netlists")
     netlists.add_argument("--nir-profile", choices=("semantic", "portable", "cuba"), default="portable",
                           help="NIR neuron model: Threshold, memoryless LIF (default) or CubaLIF")
@@ -126,7 +133,15 @@ def _convert(args) -> int:
     return 0
 
 
-_COMMANDS = {"inspect": _inspect, "convert": _convert}
+def _check(args) -> int:
+    result = api.check_outputs(args.out_dir, data=args.data, normalize=args.normalize)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+    if not result.passed:
+        raise CheckFailed(f"{args.out_dir}: spikes differ beyond threshold ties")
+    return 0
+
+
+_COMMANDS = {"inspect": _inspect, "convert": _convert, "check": _check}
 
 if __name__ == "__main__":
     sys.exit(main())
