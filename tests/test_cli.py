@@ -26,8 +26,9 @@ def test_convert_writes_the_artifacts_and_prints_the_table(tmp_path):
     completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--data", "digits",
                         "--no-finetune")
     assert completed.returncode == 0, completed.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.nir", "report.json", "sharpenable.onnx",
-                                                          "spiking.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.nir", "netlist.json", "netlist.neurons.bin", "netlist.synapses.bin", "report.json",
+        "sharpenable.onnx", "spiking.onnx"]
     assert "spiking" in completed.stdout and "original" in completed.stdout
     assert json.loads((tmp_path / "report.json").read_text())["finetune"]["performed"] is False
     assert "fine-tuning not performed: --no-finetune" in completed.stdout
@@ -37,6 +38,7 @@ def test_no_netlist_and_nir_profile_options(tmp_path):
     completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "a"), "--no-finetune",
                         "--no-netlist")
     assert completed.returncode == 0 and not (tmp_path / "a" / "model.nir").exists()
+    assert not (tmp_path / "a" / "netlist.json").exists()
     completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "b"), "--no-finetune",
                         "--nir-profile", "semantic")
     report = json.loads((tmp_path / "b" / "report.json").read_text())
@@ -110,6 +112,8 @@ def test_check_reruns_the_equivalence_and_fails_on_a_tampered_netlist(tmp_path):
     result = json.loads(completed.stdout)
     assert result["passed"] and result["data"] == "digits" and result["samples"] == 360
     assert result["comparisons"]["spiking.onnx vs model.nir"]["unexplained"] == 0
+    assert result["comparisons"]["spiking.onnx vs netlist"]["unexplained"] == 0
+    assert len(result["comparisons"]["spiking.onnx vs netlist"]["layers"]) == 3
 
     graph = nir.read(tmp_path / "model.nir")
     first_affine = next(node for node in graph.nodes.values() if isinstance(node, nir.Affine))
@@ -119,7 +123,21 @@ def test_check_reruns_the_equivalence_and_fails_on_a_tampered_netlist(tmp_path):
     assert completed.returncode == 1
     assert "DISAGREE" in completed.stdout and "from its threshold" in completed.stdout
     assert completed.stderr.strip().endswith("spikes differ beyond threshold ties")
+    assert "spiking.onnx vs netlist      agree" in completed.stdout    # only the tampered file disagrees
 
 
 def test_check_on_a_directory_without_outputs_exits_2(tmp_path):
     assert_one_line_error(run_cli("check", str(tmp_path)), 2, f"{tmp_path / 'spiking.onnx'}: file not found")
+
+
+def test_hardware_check_and_quantized_netlist(tmp_path):
+    completed = run_cli("convert", str(MODELS / "digits_conv.onnx"), "-o", str(tmp_path), "--data", "digits",
+                        "--no-finetune", "--hardware", "truenorth", "--weight-bits", "4")
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    hardware = report["netlist"]["hardware"]
+    assert hardware["rules"]["fan_in"]["ok"] and not hardware["rules"]["weights"]["ok"]   # 4 bits > TrueNorth's
+    assert report["netlist"]["explicit"]["weight_bits"] == 4
+    assert max(report["netlist"]["explicit"]["stats"]["distinct_weights_per_projection"].values()) <= 16
+    assert 0.5 < report["netlist"]["explicit"]["accuracy"] <= 1.0
+    assert report["equivalence"]["netlist"] is None           # quantized: measured by accuracy instead

@@ -37,9 +37,15 @@ def test_dense_keras_export_converts_with_bit_exact_spikes(digits_dense):
     assert report["finetune"]["performed"] is False
     assert report["passes"]["onnx"]["canonicalise_linear"] == 3
     nir_check = report["equivalence"]["nir"]
-    assert nir_check["passed"] and nir_check["profile"] == "portable" and len(nir_check["layers"]) == 3
+    assert nir_check["passed"] and nir_check["netlist"] == "nir:portable" and len(nir_check["layers"]) == 3
     assert sum(layer["mismatches"] for layer in nir_check["layers"]) == 0
     assert (out / "model.nir").stat().st_mode & 0o044 == 0o044     # an ordinary, readable file
+    netlist_check = report["equivalence"]["netlist"]
+    assert netlist_check["passed"] and sum(layer["mismatches"] for layer in netlist_check["layers"]) == 0
+    netlist = report["netlist"]
+    assert netlist["explicit"]["stats"]["synapses"] > 0 and 0 < netlist["synops_per_mac"] < 1
+    assert netlist["explicit"]["accuracy"] == report["accuracy"]["spiking"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no staging or temporary files left
     assert report["passes"]["network"]["replace_activations"] == 2
 
 

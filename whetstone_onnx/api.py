@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -19,6 +21,8 @@ from .finetune import finetune as run_finetune
 from .errors import DataError, InputError, UnsupportedModelError
 from .lift import lift
 from .load import PINNED_IR_VERSION, PINNED_OPSET, LoadedModel, load_model
+from .netlist.explicit import HEADER_FILE, NEURONS_FILE, SYNAPSES_FILE
+from .netlist.hardware import PRESETS as HARDWARE_PRESETS
 from .netlist.nir_export import DEFAULT_DT, PROFILES, to_nir
 from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
@@ -34,6 +38,7 @@ from .spiking_onnx import DOMAIN, DOMAIN_VERSION
 
 ModelInput = str | Path | onnx.ModelProto
 CALIBRATION_SAMPLES = 1000
+NETLIST_FILES = (SYNAPSES_FILE, NEURONS_FILE, HEADER_FILE)   # header last: it vouches for the others
 RANDOM_CHECK_SAMPLES = 256
 
 
@@ -106,14 +111,18 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             normalize: tuple[float, float] | None = None, output: str = "nhot", key_width: int | None = None,
             seed: int = 0, finetune: bool | FinetuneOptions = True,
             calibration_percentile: float = DEFAULT_PERCENTILE, progress: bool = False,
-            netlist: bool = True, nir_profile: str = "portable", nir_dt: float = DEFAULT_DT) -> ConversionResult:
+            netlist: bool = True, nir_profile: str = "portable", nir_dt: float = DEFAULT_DT,
+            weight_bits: int | None = None, hardware: str | None = None) -> ConversionResult:
     """Convert a trained ONNX classifier into sharpenable and spiking ONNX graphs.
 
     With data, the network is fine-tuned through Keras while it is sharpened
     (``finetune``: True for the defaults, a ``FinetuneOptions`` to choose, False
     to sharpen every layer at once). With ``out_dir``, writes sharpenable.onnx,
-    spiking.onnx, model.nir (unless ``netlist`` is False), report.json (and
-    training.png after fine-tuning) there, each atomically, after every check has run. Raises ``InputError``,
+    spiking.onnx, the netlists (model.nir and netlist.json / .neurons.bin /
+    .synapses.bin, unless ``netlist`` is False; ``weight_bits`` quantizes the
+    explicit netlist's weights), report.json (and training.png after
+    fine-tuning) there, each atomically, after every check has run.
+    ``hardware`` (a preset of ``netlist.hardware.PRESETS``) adds a design-rule check. Raises ``InputError``,
     ``UnsupportedModelError`` or ``DataError`` on bad input, before writing anything.
     """
     if not 0.0 < calibration_percentile <= 100.0:
@@ -122,6 +131,10 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         raise InputError(f"--output {output!r}: expected one of {', '.join(OUTPUT_MODES)}")
     if nir_profile not in PROFILES:
         raise InputError(f"--nir-profile {nir_profile!r}: expected one of {', '.join(PROFILES)}")
+    if hardware is not None and hardware not in HARDWARE_PRESETS:
+        raise InputError(f"--hardware {hardware!r}: expected one of {', '.join(HARDWARE_PRESETS)}")
+    if weight_bits is not None and not 2 <= weight_bits <= 16:
+        raise InputError(f"--weight-bits {weight_bits}: expected 2 to 16")
     finetune_options = finetune if isinstance(finetune, FinetuneOptions) else FinetuneOptions(seed=seed)
     if finetune:
         finetune_options.validate()
@@ -171,10 +184,20 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         sharpenable_model, spiking, spiking_model = _emit(trained, _doc(loaded.source, loaded.sha256))
         network_counts["to_step_network"] = sum(isinstance(layer, Spike) for layer in spiking.layers)
     nir_graph = nir_check = None
+    staging = netlist_report = netlist_check = None
     if netlist:
         with clock("netlist"):
             nir_graph = to_nir(spiking, profile=nir_profile, dt=nir_dt)
             nir_check = check.check_nir(spiking_model, nir_graph, test)
+            # The explicit netlist is streamed to files: write it to a staging directory,
+            # check it from there, and move it into place with the other artifacts.
+            # (TemporaryDirectory removes itself even if a later step raises.)
+            if out_dir is not None:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+            staging = tempfile.TemporaryDirectory(prefix=".netlist-",
+                                                  dir=Path(out_dir) if out_dir is not None else None)
+            netlist_report, netlist_check = _explicit_netlist(spiking, spiking_model, Path(staging.name), test,
+                                                              dataset, weight_bits, hardware)
     with clock("spike_check"):
         spike_check = check.check_spiking(spiking, test)
         if tuned is not None:
@@ -214,22 +237,29 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             "sharpenable": {"samples": len(test), "sharpness": 0.0, "class_agreement": agreement},
             "spiking": spike_check.to_dict(),
             "nir": None if nir_check is None else nir_check.to_dict(),
+            "netlist": None if netlist_check is None else netlist_check.to_dict(),
         },
         "netlist": None if nir_graph is None else {
             "nir": {"file": "model.nir", "profile": nir_profile, "dt": nir_dt, "nodes": len(nir_graph.nodes),
-                    "edges": len(nir_graph.edges)}},
+                    "edges": len(nir_graph.edges)},
+            **netlist_report},
         "artifacts": {"sharpenable.onnx": {"sha256": sha256(sharpenable_bytes)},
                       "spiking.onnx": {"sha256": sha256(spiking_bytes)}},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "versions": package_versions(),
-        "passed": float_check.passed and spike_check.passed and (nir_check is None or nir_check.passed),
+        "passed": float_check.passed and spike_check.passed and all(
+            c is None or c.passed for c in (nir_check, netlist_check)),
     }
     if out_dir is not None:
         if nir_graph is not None:
             import nir
             write_atomic_with(Path(out_dir) / "model.nir", lambda path: nir.write(path, nir_graph))
+            for name in NETLIST_FILES:      # same file system: each move is atomic
+                os.replace(Path(staging.name) / name, Path(out_dir) / name)
         _write(Path(out_dir), sharpenable_bytes, spiking_bytes, report,
                training_plot(tuned.history) if tuned is not None else None)
+    if staging is not None:
+        staging.cleanup()
     return ConversionResult(report, float_model, sharpenable_model, spiking_model, trained, spiking,
                             None if out_dir is None else Path(out_dir))
 
@@ -355,6 +385,28 @@ def _layer_table(network: Network) -> list[dict]:
     return rows
 
 
+def _explicit_netlist(spiking: Network, spiking_model: onnx.ModelProto, directory: Path, test: np.ndarray,
+                      dataset: Dataset | None, weight_bits: int | None, hardware: str | None):
+    """Write the explicit netlist into ``directory``, check and measure it: (report entry, check or None)."""
+    from .netlist.explicit import read_netlist, write_netlist
+    from .netlist.hardware import check_hardware
+    from .sim import macs, simulate_netlist
+
+    stats = write_netlist(spiking, directory, weight_bits=weight_bits)
+    netlist = read_netlist(directory)
+    simulated = simulate_netlist(netlist, test)
+    operations = macs(spiking)
+    entry = {"explicit": {"files": list(NETLIST_FILES), "weight_bits": weight_bits, "stats": stats.to_dict()},
+             "synops_per_inference": simulated.synops, "macs_per_inference": operations,
+             "synops_per_mac": simulated.synops / operations if operations else None,
+             "spike_rates": simulated.spike_rate,
+             "hardware": None if hardware is None else check_hardware(stats, HARDWARE_PRESETS[hardware])}
+    if dataset is not None:
+        entry["explicit"]["accuracy"] = float(np.mean(simulated.classes == dataset.y_test))
+    # Quantized weights compute other spikes by design: their effect is the accuracy above.
+    return entry, None if weight_bits is not None else check.check_netlist(spiking_model, netlist, test)
+
+
 def _doc(source: str, sha: str) -> str:
     return f"whetstone_onnx graph of {Path(source).name} (sha256 {sha[:16]})"
 
@@ -413,7 +465,8 @@ class CheckResult:
 def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
                   normalize: tuple[float, float] | None = None, seed: int = 0) -> CheckResult:
     """Re-run the equivalence of a conversion's files: spiking.onnx (onnxruntime) against
-    model.nir (re-read and simulated), layer by layer. Without ``data``, the data and
+    the explicit netlist (reference simulator) and model.nir (re-read and simulated),
+    layer by layer, each layer from onnxruntime's input to it. Without ``data``, the data and
     normalisation recorded in report.json are used, else random inputs."""
     import nir
 
@@ -437,6 +490,10 @@ def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
     else:
         x = fit_to_input(dataset.x_test, shape, normalize, spec=dataset.spec)
     result = CheckResult(str(out), len(x), dataset.spec if dataset else None)
+    if (out / HEADER_FILE).is_file():
+        from .netlist.explicit import read_netlist
+        result.comparisons["spiking.onnx vs netlist"] = check.check_netlist(
+            spiking_model, read_netlist(out, verify=True), x).to_dict()
     nir_path = out / "model.nir"
     if nir_path.is_file():
         try:
@@ -445,5 +502,5 @@ def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
             raise InputError(f"{nir_path}: not a readable NIR file ({type(exc).__name__})") from None
         result.comparisons["spiking.onnx vs model.nir"] = check.check_nir(spiking_model, graph, x).to_dict()
     if not result.comparisons:
-        raise InputError(f"{out}: no netlist to check against spiking.onnx (model.nir is missing)")
+        raise InputError(f"{out}: no netlist to check against spiking.onnx (model.nir and netlist.json are missing)")
     return result

@@ -126,11 +126,11 @@ def _compare_spikes(layer: Spike, ort_potential, ref_potential, ort_spikes, ref_
 
 
 @dataclass
-class NirCheck:
-    """spiking.onnx (onnxruntime) against the NIR graph (re-read, simulated), layer by layer."""
+class NetlistCheck:
+    """spiking.onnx (onnxruntime) against a netlist (NIR graph or explicit netlist, simulated), layer by layer."""
 
     samples: int
-    profile: str
+    netlist: str            # "nir:<profile>" or "explicit"
     tie_margin: float
     layers: list[LayerSpikeCheck] = field(default_factory=list)
     differences: list[dict] = field(default_factory=list)   # the first 100 mismatches, with distances
@@ -147,7 +147,7 @@ class NirCheck:
         return {**asdict(self), "unexplained": self.unexplained, "passed": self.passed}
 
 
-def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NirCheck:
+def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NetlistCheck:
     """Each NIR spiking node computed from onnxruntime's input to it, compared with onnxruntime's spikes."""
     from .netlist.nir_sim import simulate
 
@@ -157,7 +157,7 @@ def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NirCheck:
     expected = {node: outputs[value_of[layer]].reshape(len(x), -1) for node, layer in layer_of.items()}
     potentials: dict[str, np.ndarray] = {}
     simulated = simulate(graph, x, forced=expected, potentials=potentials)
-    result = NirCheck(len(x), str(graph.metadata.get("profile")), TIE_MARGIN)
+    result = NetlistCheck(len(x), f"nir:{graph.metadata.get('profile')}", TIE_MARGIN)
     for node, layer in layer_of.items():
         ours = simulated[node].reshape(len(x), -1)
         potential = potentials[node].reshape(len(x), -1).astype(np.float64)
@@ -175,5 +175,35 @@ def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NirCheck:
         for sample, neuron in zip(*np.nonzero(mismatched)):
             if len(result.differences) < 100:
                 result.differences.append({"layer": layer, "sample": int(sample), "neuron": int(neuron),
+                                           "distance_to_threshold": float(distance[sample, neuron])})
+    return result
+
+
+def check_netlist(spiking_model: onnx.ModelProto, netlist, x: np.ndarray) -> NetlistCheck:
+    """Each explicit-netlist population simulated from onnxruntime's input to it, against onnxruntime."""
+    from .sim import TIE_TOLERANCE, simulate_netlist
+
+    value_of = {node.name: node.output[0] for node in spiking_model.graph.node}
+    compared = [p for p in netlist.populations if p["kind"] in ("spiking", "or") and p.get("layer_name") in value_of]
+    outputs = runtime.run(runtime.with_outputs(spiking_model, [value_of[p["layer_name"]] for p in compared]), x)
+    expected = {p["name"]: outputs[value_of[p["layer_name"]]].reshape(len(x), -1) for p in compared}
+    simulated = simulate_netlist(netlist, x, forced=expected)
+    result = NetlistCheck(len(x), "explicit", TIE_MARGIN)
+    for population in compared:
+        name = population["name"]
+        ours = simulated.outputs[name].reshape(len(x), -1)
+        potential = simulated.potentials[name].reshape(len(x), -1)
+        threshold = netlist.thresholds(population).astype(np.float64)[None, :]
+        distance = np.abs(potential - threshold)
+        near = distance <= max(TIE_MARGIN * max(1.0, float(np.abs(potential).max())), TIE_TOLERANCE)
+        mismatched = ours != expected[name]
+        result.layers.append(LayerSpikeCheck(layer=population["layer_name"], neurons=int(ours.shape[1]),
+                                             spike_rate=float(ours.mean()), mismatches=int(mismatched.sum()),
+                                             ties=int((mismatched & near).sum()), near_threshold=int(near.sum()),
+                                             max_potential_diff=0.0))
+        for sample, neuron in zip(*np.nonzero(mismatched)):
+            if len(result.differences) < 100:
+                result.differences.append({"layer": population["layer_name"], "sample": int(sample),
+                                           "neuron": int(neuron),
                                            "distance_to_threshold": float(distance[sample, neuron])})
     return result

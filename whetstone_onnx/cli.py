@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                               f"activations (default {api.DEFAULT_PERCENTILE:g})")
     convert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     convert.add_argument("--no-finetune", action="store_true", help="sharpen every layer at once, no training")
-    check = commands.add_parser("check", help="re-check a convert output: spiking.onnx against model.nir, "
-                                              "layer by layer")
+    check = commands.add_parser("check", help="re-check a convert output: spiking.onnx against model.nir "
+                                              "and the explicit netlist, layer by layer")
     check.add_argument("out_dir", metavar="OUTDIR")
     check.add_argument("--data", metavar="SPEC", help="default: the data recorded in OUTDIR/report.json")
     check.add_argument("--normalize", metavar="MEAN,STD", type=_normalize)
@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     netlists.add_argument("--nir-profile", choices=("semantic", "portable", "cuba"), default="portable",
                           help="NIR neuron model: Threshold, memoryless LIF (default) or CubaLIF")
     netlists.add_argument("--nir-dt", type=float, default=1e-4, help="time step of the LIF profiles (default 1e-4)")
-    netlists.add_argument("--no-netlist", action="store_true", help="write no model.nir")
+    netlists.add_argument("--no-netlist", action="store_true", help="write no netlists (model.nir, netlist.*)")
+    netlists.add_argument("--weight-bits", type=int, metavar="K",
+                          help="quantize the explicit netlist's weights to K bits (accuracy effect reported)")
+    netlists.add_argument("--hardware", choices=("loihi", "truenorth", "spinnaker2"),
+                          help="design-rule check of the netlist against a chip's limits")
     tuning = convert.add_argument_group("fine-tuning (with --data)")
     defaults = FinetuneOptions()
     tuning.add_argument("--epochs", type=int, default=defaults.epochs,
@@ -123,10 +127,12 @@ def _convert(args) -> int:
                          key_width=args.key_width, seed=args.seed,
                          finetune=False if args.no_finetune else options,
                          calibration_percentile=args.percentile, progress=True, netlist=not args.no_netlist,
-                         nir_profile=args.nir_profile, nir_dt=args.nir_dt)
+                         nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
+                         hardware=args.hardware)
     print(result.summary())
-    written = ["sharpenable.onnx", "spiking.onnx"] + (["model.nir"] if not args.no_netlist else []) + \
-        ["report.json"] + (["training.png"] if result.report["finetune"]["performed"] else [])
+    netlist_files = ["model.nir", *api.NETLIST_FILES] if not args.no_netlist else []
+    written = ["sharpenable.onnx", "spiking.onnx", *netlist_files, "report.json"] + \
+        (["training.png"] if result.report["finetune"]["performed"] else [])
     print(f"\nwrote {', '.join(f'{args.out}/{name}' for name in written)}")
     if not result.passed:
         raise CheckFailed(f"{args.model}: equivalence check failed (see {args.out}/report.json)")

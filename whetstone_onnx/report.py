@@ -54,6 +54,18 @@ def accuracy_table(report: dict) -> str:
     lines.append(f"spikes vs NumPy reference on {spikes['samples']} inputs: {verdict} "
                  f"({spikes['unexplained']} unexplained mismatches, {ties} threshold ties, "
                  f"{near} potentials within {spikes['tie_margin']:.0e} of a threshold)")
+    for name, label in (("nir", "model.nir"), ("netlist", "explicit netlist")):
+        result = equivalence.get(name)
+        if result is not None:
+            ties = sum(layer["ties"] for layer in result["layers"])
+            lines.append(f"spiking.onnx vs {label}: {'agree' if result['passed'] else 'DISAGREE'} "
+                         f"({result['unexplained']} unexplained differences, {ties} threshold ties)")
+    netlist = report.get("netlist")
+    if netlist and "explicit" in netlist:
+        stats = netlist["explicit"]["stats"]
+        lines.append(f"netlist: {stats['neurons']} neurons, {stats['synapses']} synapses, max fan-in "
+                     f"{stats['max_fan_in']}; {netlist['synops_per_inference']:.0f} SynOps vs "
+                     f"{netlist['macs_per_inference']} MACs per inference")
     if finetune["performed"]:
         keras_check = finetune["keras_vs_spiking_onnx"]
         lines.append(f"Keras at sharpness 1 vs spiking.onnx: {100 * keras_check['agreement']:.2f} % same class "
