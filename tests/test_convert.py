@@ -113,3 +113,14 @@ def test_unsupported_ops_are_all_listed_before_any_work(tmp_path):
 def test_data_that_does_not_fit_the_model_is_a_data_error():
     with pytest.raises(DataError, match=r"samples of shape \(8, 8\) do not fit the model input \(784,\)"):
         api.convert(MODELS / "mnist_dense.onnx", data="digits", finetune=False)
+
+
+@pytest.mark.parametrize("model,normalize", [("mnist_dense.onnx", None), ("mnist_conv.onnx", None),
+                                             ("torchstyle_mnist_conv.onnx", (0.5, 0.5))])
+def test_mnist_models_spike_identically_in_onnx_netlist_and_nir_on_all_held_out_images(mnist_dir, model, normalize):
+    result = api.convert(MODELS / model, data=f"mnist:{mnist_dir}", normalize=normalize, finetune=False)
+    equivalence = result.report["equivalence"]
+    for name in ("spiking", "nir", "netlist"):
+        assert equivalence[name]["samples"] == 2000
+        assert equivalence[name]["passed"] and equivalence[name]["unexplained"] == 0, name
+    assert result.report["netlist"]["explicit"]["accuracy"] == result.accuracy["spiking"]
