@@ -73,12 +73,10 @@ class LayerSpikeCheck:
     max_potential_diff: float    # |onnxruntime - NumPy| of the potential
 
 
-@dataclass
-class SpikeCheck:
-    samples: int
-    tie_margin: float
-    layers: list[LayerSpikeCheck] = field(default_factory=list)
-    free_running_class_agreement: float = 1.0   # NumPy end to end vs onnxruntime end to end
+class _LayerTotals:
+    """Totals of a layer-by-layer comparison; a mismatch is explained only when it is a tie."""
+
+    layers: list[LayerSpikeCheck]
 
     @property
     def unexplained(self) -> int:
@@ -90,6 +88,15 @@ class SpikeCheck:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "unexplained": self.unexplained, "passed": self.passed}
+
+
+@dataclass
+class SpikeCheck(_LayerTotals):
+    samples: int
+    tie_margin: float
+    layers: list[LayerSpikeCheck] = field(default_factory=list)
+    free_running_class_agreement: float = 1.0   # NumPy end to end vs onnxruntime end to end
+
 
 
 def check_spiking(network: Network, x: np.ndarray) -> SpikeCheck:
@@ -126,7 +133,7 @@ def _compare_spikes(layer: Spike, ort_potential, ref_potential, ort_spikes, ref_
 
 
 @dataclass
-class NetlistCheck:
+class NetlistCheck(_LayerTotals):
     """spiking.onnx (onnxruntime) against a netlist (NIR graph or explicit netlist, simulated), layer by layer."""
 
     samples: int
@@ -135,16 +142,19 @@ class NetlistCheck:
     layers: list[LayerSpikeCheck] = field(default_factory=list)
     differences: list[dict] = field(default_factory=list)   # the first 100 mismatches, with distances
 
-    @property
-    def unexplained(self) -> int:
-        return sum(layer.mismatches - layer.ties for layer in self.layers)
+    def add_layer(self, layer: str, ours: np.ndarray, expected: np.ndarray, distance: np.ndarray,
+                  margin: float) -> None:
+        """Compare one layer's (samples, neurons) spikes; mismatches within ``margin`` of the threshold are ties."""
+        near = distance <= margin
+        mismatched = ours != expected
+        self.layers.append(LayerSpikeCheck(layer=layer, neurons=int(ours.shape[1]), spike_rate=float(ours.mean()),
+                                           mismatches=int(mismatched.sum()), ties=int((mismatched & near).sum()),
+                                           near_threshold=int(near.sum()), max_potential_diff=0.0))
+        for sample, neuron in zip(*np.nonzero(mismatched)):
+            if len(self.differences) < 100:
+                self.differences.append({"layer": layer, "sample": int(sample), "neuron": int(neuron),
+                                         "distance_to_threshold": float(distance[sample, neuron])})
 
-    @property
-    def passed(self) -> bool:
-        return self.unexplained == 0
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "unexplained": self.unexplained, "passed": self.passed}
 
 
 def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NetlistCheck:
@@ -166,16 +176,8 @@ def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NetlistCh
         # Distances are to the Whetstone (>=) threshold the strict NIR one was made from.
         threshold = np.broadcast_to(np.nextafter(np.asarray(strict, np.float32), np.float32(np.inf)),
                                     potentials[node].shape[1:]).reshape(-1).astype(np.float64)
-        distance = np.abs(potential - threshold)
-        near = distance <= TIE_MARGIN * max(1.0, float(np.abs(potential).max()))
-        mismatched = ours != expected[node]
-        result.layers.append(LayerSpikeCheck(layer=layer, neurons=int(ours.shape[1]), spike_rate=float(ours.mean()),
-                                             mismatches=int(mismatched.sum()), ties=int((mismatched & near).sum()),
-                                             near_threshold=int(near.sum()), max_potential_diff=0.0))
-        for sample, neuron in zip(*np.nonzero(mismatched)):
-            if len(result.differences) < 100:
-                result.differences.append({"layer": layer, "sample": int(sample), "neuron": int(neuron),
-                                           "distance_to_threshold": float(distance[sample, neuron])})
+        margin = TIE_MARGIN * max(1.0, float(np.abs(potential).max()))
+        result.add_layer(layer, ours, expected[node], np.abs(potential - threshold), margin)
     return result
 
 
@@ -194,16 +196,6 @@ def check_netlist(spiking_model: onnx.ModelProto, netlist, x: np.ndarray) -> Net
         ours = simulated.outputs[name].reshape(len(x), -1)
         potential = simulated.potentials[name].reshape(len(x), -1)
         threshold = netlist.thresholds(population).astype(np.float64)[None, :]
-        distance = np.abs(potential - threshold)
-        near = distance <= max(TIE_MARGIN * max(1.0, float(np.abs(potential).max())), TIE_TOLERANCE)
-        mismatched = ours != expected[name]
-        result.layers.append(LayerSpikeCheck(layer=population["layer_name"], neurons=int(ours.shape[1]),
-                                             spike_rate=float(ours.mean()), mismatches=int(mismatched.sum()),
-                                             ties=int((mismatched & near).sum()), near_threshold=int(near.sum()),
-                                             max_potential_diff=0.0))
-        for sample, neuron in zip(*np.nonzero(mismatched)):
-            if len(result.differences) < 100:
-                result.differences.append({"layer": population["layer_name"], "sample": int(sample),
-                                           "neuron": int(neuron),
-                                           "distance_to_threshold": float(distance[sample, neuron])})
+        margin = max(TIE_MARGIN * max(1.0, float(np.abs(potential).max())), TIE_TOLERANCE)
+        result.add_layer(population["layer_name"], ours, expected[name], np.abs(potential - threshold), margin)
     return result
