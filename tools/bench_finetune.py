@@ -1,0 +1,81 @@
+"""Benchmark (not a test): fine-tuned conversion of the fixture models against issue 3's targets.
+
+Converts each model with the default ``FinetuneOptions`` through the API, in
+both output modes, and prints model, output mode, float accuracy, spiking
+accuracy, difference, whether the target is met, and wall time.
+
+    python tools/bench_finetune.py [--quick] [--models mnist_dense,...] [--json FILE]
+
+``--quick``: N-hot output only. Targets (spiking accuracy on the held-out split):
+digits >= float - 1 point with the whole conversion under 60 s; mnist_dense
+>= float - 0.5; the MNIST conv nets >= float - 0.3 and >= 97.5 %.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from whetstone_onnx import api
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = f"mnist:{Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mnist'}"
+
+# name: (data spec, normalize, max drop in points, floor in %, time limit in s)
+CASES = {
+    "digits_dense": ("digits", None, 1.0, None, 60.0),
+    "mnist_dense": (MNIST, None, 0.5, None, None),
+    "mnist_conv": (MNIST, None, 0.3, 97.5, None),
+    "torchstyle_mnist_conv": (MNIST, (0.5, 0.5), 0.3, 97.5, None),
+}
+
+
+def run_case(name: str, output: str) -> dict:
+    data, normalize, max_drop, floor, time_limit = CASES[name]
+    with tempfile.TemporaryDirectory(prefix="bench_finetune_") as out_dir:   # the whole convert, artifacts included
+        start = time.perf_counter()
+        result = api.convert(ROOT / "models" / f"{name}.onnx", out_dir, data=data, normalize=normalize,
+                             output=output)
+        wall = time.perf_counter() - start
+    accuracy = result.accuracy
+    original, spiking = 100 * accuracy["original"], 100 * accuracy["spiking"]
+    met = spiking >= original - max_drop - 1e-9 and (floor is None or spiking >= floor) \
+        and (time_limit is None or wall < time_limit)
+    return {"model": name, "output": output, "float": round(original, 2), "spiking": round(spiking, 2),
+            "sharpenable_start": round(100 * accuracy["sharpenable_start"], 2),
+            "difference": round(spiking - original, 2), "target_met": met, "wall_s": round(wall, 1),
+            "finetune_s": round(result.report["timings_s"].get("finetune", 0.0), 1),
+            "target": {"max_drop_points": max_drop, "floor_percent": floor, "time_limit_s": time_limit},
+            "options": result.report["finetune"].get("options")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N-hot output only")
+    parser.add_argument("--models", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        parser.error(f"unknown models: {', '.join(unknown)}")
+    outputs = ("nhot",) if args.quick else ("nhot", "readout")
+    header = f"{'model':<24}{'output':<9}{'float %':>9}{'spiking %':>11}{'diff':>8}{'target':>8}{'wall s':>8}"
+    print(header)
+    print("-" * len(header), flush=True)
+    rows = []
+    for name in names:
+        for output in outputs:
+            row = run_case(name, output)
+            rows.append(row)
+            print(f"{row['model']:<24}{row['output']:<9}{row['float']:>9.2f}{row['spiking']:>11.2f}"
+                  f"{row['difference']:>+8.2f}{'yes' if row['target_met'] else 'no':>8}{row['wall_s']:>8.1f}",
+                  flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
