@@ -111,8 +111,7 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
     schedule = keras.optimizers.schedules.CosineDecay(options.learning_rate, total_steps, alpha=0.01)
     optimizer = keras.optimizers.get({"class_name": options.optimizer, "config": {"learning_rate": schedule}})
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-    monitor = _Monitor(layers, x_eval, y_eval, options.batch_size, progress,
-                       options.epochs + options.straight_through_epochs)
+    monitor = _monitor(layers, x_eval, y_eval, progress, options.epochs + options.straight_through_epochs)
     budget = options.epochs * (3 if options.sharpener == "adaptive" else 1)
     model.fit(x_train, y_train, epochs=budget, batch_size=options.batch_size, shuffle=True, verbose=0,
               callbacks=[sharpener, monitor])
@@ -174,48 +173,48 @@ def _batchnorm_stats(network: Network, x: np.ndarray) -> dict[int, tuple[np.ndar
     return stats
 
 
-class _Monitor:
-    """Per-epoch history and progress: loss, sharpness per layer, spiking accuracy on the evaluation set."""
+def _monitor(layers, x_eval: np.ndarray, y_eval: np.ndarray, progress: bool, total_epochs: int):
+    """A Keras callback recording per-epoch history (loss, sharpness per layer, spiking accuracy
+    on the evaluation set) and showing progress on stderr: a bar on a terminal, one line per
+    epoch otherwise (logs and CI). Built here so that importing this module needs no Keras."""
+    import keras
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    class Monitor(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history: list[dict] = []
+            self.phase = "sharpening"
+            self.bar = None
+            if progress and sys.stderr.isatty():
+                from rich.console import Console
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+                self.bar = Progress(TextColumn("fine-tuning"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), TextColumn("{task.description}"),
+                                    console=Console(file=sys.stderr), transient=False)
+                self.task = self.bar.add_task("", total=total_epochs)
+                self.bar.start()
 
-        class Monitor(keras.callbacks.Callback):
-            def __init__(self, layers, x_eval, y_eval, batch_size, progress, total_epochs):
-                super().__init__()
-                self.layers, self.x_eval, self.y_eval, self.batch_size = layers, x_eval, y_eval, batch_size
-                self.history: list[dict] = []
-                self.phase = "sharpening"
-                self.bar = None
-                if progress:
-                    from rich.console import Console
-                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-                        TimeElapsedColumn
-                    self.bar = Progress(TextColumn("fine-tuning"), BarColumn(), MofNCompleteColumn(),
-                                        TimeElapsedColumn(), TextColumn("{task.description}"),
-                                        console=Console(file=sys.stderr), transient=False)
-                    self.task = self.bar.add_task("", total=total_epochs)
-                    self.bar.start()
+        def on_epoch_end(self, epoch, logs=None):
+            sharpness = [layer.get_sharpness() for layer in layers]
+            for layer in layers:
+                layer.set_sharpness(1.0)
+            spiking = self.model.predict(x_eval, batch_size=1024, verbose=0).argmax(1)
+            for layer, value in zip(layers, sharpness):
+                layer.set_sharpness(value)
+            row = {"epoch": len(self.history) + 1, "phase": self.phase,
+                   "loss": round(float(logs["loss"]), 6), "train_accuracy": round(float(logs["accuracy"]), 6),
+                   "sharpness": [round(v, 6) for v in sharpness],
+                   "spiking_accuracy": round(float(np.mean(spiking == y_eval)), 6)}
+            self.history.append(row)
+            status = (f"loss {row['loss']:.4f}  sharpness [{' '.join(f'{v:.2f}' for v in sharpness)}]  "
+                      f"spiking acc {100 * row['spiking_accuracy']:.2f} %")
+            if self.bar is not None:
+                self.bar.update(self.task, advance=1, description=status)
+            elif progress:
+                print(f"fine-tuning epoch {row['epoch']}/{total_epochs} ({self.phase}): {status}", file=sys.stderr)
 
-            def on_epoch_end(self, epoch, logs=None):
-                sharpness = [layer.get_sharpness() for layer in self.layers]
-                for layer in self.layers:
-                    layer.set_sharpness(1.0)
-                spiking = self.model.predict(self.x_eval, batch_size=1024, verbose=0).argmax(1)
-                for layer, value in zip(self.layers, sharpness):
-                    layer.set_sharpness(value)
-                row = {"epoch": len(self.history) + 1, "phase": self.phase,
-                       "loss": round(float(logs["loss"]), 6), "train_accuracy": round(float(logs["accuracy"]), 6),
-                       "sharpness": [round(v, 6) for v in sharpness],
-                       "spiking_accuracy": round(float(np.mean(spiking == self.y_eval)), 6)}
-                self.history.append(row)
-                if self.bar is not None:
-                    self.bar.update(self.task, advance=1, description=(
-                        f"loss {row['loss']:.4f}  sharpness [{' '.join(f'{v:.2f}' for v in sharpness)}]  "
-                        f"spiking acc {100 * row['spiking_accuracy']:.2f} %"))
+        def close(self):
+            if self.bar is not None:
+                self.bar.stop()
 
-            def close(self):
-                if self.bar is not None:
-                    self.bar.stop()
-
-        return Monitor(*args, **kwargs)
+    return Monitor()
