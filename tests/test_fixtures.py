@@ -33,6 +33,9 @@ FIXTURES: dict[str, tuple[str, tuple[float, float] | None, float | None]] = {
     "digits_tanh.onnx": ("digits", None, None),
     "digits_lstm.onnx": ("digits", None, None),
 }
+# Not models: the sample zoo (models/zoo.toml) lists a deliberately unreadable file,
+# written by tools/make_zoo_fixtures.py.
+ZOO_FIXTURES = ["corrupt.onnx"]
 KERAS = ["digits_dense.onnx", "digits_conv.onnx", "mnist_dense.onnx", "mnist_conv.onnx"]
 TORCHSTYLE = ["torchstyle_digits_conv.onnx", "torchstyle_mnist_conv.onnx"]
 SUPPORTED = [f for f, (_, _, low) in FIXTURES.items() if low is not None]
@@ -80,8 +83,13 @@ def ops(m: onnx.ModelProto) -> Counter:
 
 
 def test_models_dir_holds_exactly_the_fixtures() -> None:
-    assert sorted(p.name for p in MODELS.glob("*.onnx")) == sorted(FIXTURES)
+    assert sorted(p.name for p in MODELS.glob("*.onnx")) == sorted([*FIXTURES, *ZOO_FIXTURES])
     assert sorted(readme_rows()) == sorted(FIXTURES)
+
+
+def test_corrupt_fixture_is_the_truncated_dense_model() -> None:
+    source = (MODELS / "digits_dense.onnx").read_bytes()
+    assert (MODELS / "corrupt.onnx").read_bytes() == source[: len(source) // 2]
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import check, runtime
+from . import check, runtime, zoo
 from .artifacts import json_bytes, sha256, write_atomic, write_atomic_with
 from .data import Dataset, fit_to_input, load_dataset
 from .emit import to_onnx
@@ -35,6 +35,7 @@ from .passes.spiking import to_step_network
 from .plot import training_plot
 from .report import SCHEMA, SCHEMA_VERSION, accuracy_table, package_versions
 from .spiking_onnx import DOMAIN, DOMAIN_VERSION
+from .zoo import DEFAULT_TIMEOUT_S, ZooResult
 
 ModelInput = str | Path | onnx.ModelProto
 CALIBRATION_SAMPLES = 1000
@@ -504,3 +505,25 @@ def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
     if not result.comparisons:
         raise InputError(f"{out}: no netlist to check against spiking.onnx (model.nir and netlist.json are missing)")
     return result
+
+
+# ----------------------------------------------------------------------------- zoo
+
+def convert_zoo(manifest: str | Path, out_dir: str | Path, *, jobs: int = 1, resume: bool = False,
+                executor: str = "local", scheduler: str | None = None, fail_fast: bool = False,
+                timeout: float = DEFAULT_TIMEOUT_S, memory_limit: int | None = None,
+                progress: bool = False) -> ZooResult:
+    """Convert every model a manifest lists, each in its own process, into ``out_dir/<name>/``.
+
+    ``manifest``: a TOML file (``[defaults]`` and ``[[model]]`` tables holding a ``path``,
+    an optional ``name`` and any keyword argument of ``convert``) or a directory of .onnx
+    files. ``jobs`` models run at once; ``timeout`` (seconds) and ``memory_limit`` (MB of
+    address space) bound each one. ``resume`` reuses the models whose file, options and
+    package version are unchanged. ``executor="dask"`` runs the models on the Dask cluster
+    at ``scheduler``, or on a local one with ``jobs`` workers. ``fail_fast`` starts no more
+    models after the first that does not convert. ``progress`` shows progress on stderr.
+    Writes ``summary.json`` and ``summary.md``; returns them as a ``ZooResult``
+    (``exit_code`` 0 when every model converted, else 1). Raises ``InputError`` on a bad manifest.
+    """
+    return zoo.convert_zoo(manifest, out_dir, jobs=jobs, resume=resume, executor=executor, scheduler=scheduler,
+                           fail_fast=fail_fast, timeout=timeout, memory_limit=memory_limit, progress=progress)

@@ -15,6 +15,14 @@ def _umask() -> int:
     return mask
 
 
+def make_temporary_directory(parent: Path, prefix: str) -> Path:
+    """A new directory in ``parent`` with the ordinary permissions (mkdtemp makes 0700 ones),
+    for a set of files that is renamed into place once complete."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from . import __version__, api
@@ -18,18 +19,33 @@ class _Parser(argparse.ArgumentParser):
         raise WhetstoneError(f"usage: {message} (see whetstone-onnx {self.prog.split()[-1]} --help)")
 
 
+def _verbosity_flags() -> argparse.ArgumentParser:
+    """--quiet / --verbose, accepted before or after the command. (SUPPRESS: a command's
+    parser must not reset a flag given before the command to its default.)"""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress or log output on stderr (errors only)")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="log what is done on stderr")
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
+    flags = _verbosity_flags()
     parser = _Parser(prog="whetstone-onnx", description="Convert trained ONNX classifiers to Whetstone "
-                                                        "single-spike networks.")
+                                                        "single-spike networks.", parents=[flags])
     parser.add_argument("--version", action="version", version=f"whetstone-onnx {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_zoo(commands, flags)
 
-    inspect = commands.add_parser("inspect", help="list the model's ops and the planned spiking layers")
+    inspect = commands.add_parser("inspect", help="list the model's ops and the planned spiking layers",
+                                  parents=[flags])
     inspect.add_argument("model", help="an .onnx file")
     inspect.add_argument("--json", action="store_true", help="print the result as JSON")
 
     convert = commands.add_parser("convert", help="convert a model; writes sharpenable.onnx, spiking.onnx, "
-                                                  "report.json")
+                                                  "report.json", parents=[flags])
     convert.add_argument("model", help="an .onnx file")
     convert.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output directory")
     convert.add_argument("--data", metavar="SPEC", help="digits | mnist:DIR | npz:FILE")
@@ -44,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     convert.add_argument("--no-finetune", action="store_true", help="sharpen every layer at once, no training")
     check = commands.add_parser("check", help="re-check a convert output: spiking.onnx against model.nir "
-                                              "and the explicit netlist, layer by layer")
+                                              "and the explicit netlist, layer by layer", parents=[flags])
     check.add_argument("out_dir", metavar="OUTDIR")
     check.add_argument("--data", metavar="SPEC", help="default: the data recorded in OUTDIR/report.json")
     check.add_argument("--normalize", metavar="MEAN,STD", type=_normalize)
@@ -78,13 +94,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_zoo(commands, flags: argparse.ArgumentParser) -> None:
+    zoo = commands.add_parser("zoo", help="convert every model of a manifest, each in its own process; "
+                                          "writes OUTDIR/<model>/ and OUTDIR/summary.json, summary.md",
+                              parents=[flags])
+    zoo.add_argument("manifest", metavar="MANIFEST", help="a TOML manifest, or a directory of .onnx files")
+    zoo.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output directory")
+    zoo.add_argument("--jobs", type=int, default=1, metavar="N", help="models converted at once (default 1)")
+    zoo.add_argument("--resume", action="store_true",
+                     help="skip models whose file, options and package version are unchanged since the last run")
+    zoo.add_argument("--executor", choices=api.zoo.EXECUTORS, default="local",
+                     help="local worker processes (default) or a Dask cluster")
+    zoo.add_argument("--scheduler", metavar="ADDRESS",
+                     help="Dask scheduler, e.g. tcp://host:8786 (default: start a local cluster of --jobs workers)")
+    zoo.add_argument("--fail-fast", action="store_true", help="start no more models after the first failure")
+    zoo.add_argument("--timeout", type=float, default=api.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                     help=f"per-model time limit (default {api.DEFAULT_TIMEOUT_S:g})")
+    zoo.add_argument("--memory-limit", type=int, metavar="MB", help="per-model address-space limit")
+
+
 def _normalize(text: str):
     return parse_normalize(text)
+
+
+def _configure_logging(args) -> None:
+    """Logs go to stderr only; results go to stdout and files."""
+    level = logging.ERROR if getattr(args, "quiet", False) else \
+        logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(stream=sys.stderr, level=level, format="whetstone-onnx: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        _configure_logging(args)
         return _COMMANDS[args.command](args)
     except WhetstoneError as exc:
         print(f"whetstone-onnx: error: {exc.message}", file=sys.stderr)
@@ -126,7 +169,8 @@ def _convert(args) -> int:
     result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
                          key_width=args.key_width, seed=args.seed,
                          finetune=False if args.no_finetune else options,
-                         calibration_percentile=args.percentile, progress=True, netlist=not args.no_netlist,
+                         calibration_percentile=args.percentile, progress=not getattr(args, "quiet", False),
+                         netlist=not args.no_netlist,
                          nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
                          hardware=args.hardware)
     print(result.summary())
@@ -147,7 +191,21 @@ def _check(args) -> int:
     return 0
 
 
-_COMMANDS = {"inspect": _inspect, "convert": _convert, "check": _check}
+def _zoo(args) -> int:
+    result = api.convert_zoo(args.manifest, args.out, jobs=args.jobs, resume=args.resume,
+                             executor=args.executor, scheduler=args.scheduler, fail_fast=args.fail_fast,
+                             timeout=args.timeout, memory_limit=args.memory_limit,
+                             progress=not getattr(args, "quiet", False))
+    print(result.table())
+    print(f"\nwrote {args.out}/summary.json, {args.out}/summary.md")
+    if not result.passed:
+        failed = result.summary["total"] - result.counts["ok"]
+        print(f"whetstone-onnx: error: {failed} of {result.summary['total']} models did not convert "
+              f"(see {args.out}/summary.md)", file=sys.stderr)
+    return result.exit_code
+
+
+_COMMANDS = {"inspect": _inspect, "convert": _convert, "check": _check, "zoo": _zoo}
 
 if __name__ == "__main__":
     sys.exit(main())
