@@ -30,7 +30,7 @@ from .passes.activations import activations_before_pooling, replace_activations
 from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
 from .passes.output import OUTPUT_NORMALISERS
 from .passes.output_stage import OUTPUT_MODES, make_output_stage
-from .passes.pipeline import run_onnx_passes, supported_op_types, unsupported_nodes
+from .passes.pipeline import run_onnx_passes, supported_op_types, unsupported_message, unsupported_nodes
 from .passes.spiking import to_step_network
 from .plot import training_plot
 from .report import SCHEMA, SCHEMA_VERSION, accuracy_table, package_versions
@@ -57,6 +57,12 @@ class InspectResult:
     @property
     def supported(self) -> bool:
         return not self.unsupported and self.problem is None
+
+    def error(self) -> str | None:
+        """Why the model cannot be converted, in one line naming the file; None when it can."""
+        if self.unsupported:
+            return unsupported_message(self.source, self.unsupported)
+        return None if self.problem is None else f"{self.source}: {self.problem}"
 
     def to_dict(self) -> dict:
         return {"model": self.source, "opset": self.opset, "supported": self.supported, "ops": self.ops,
@@ -146,8 +152,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         loaded = load_model(model)
         unsupported = unsupported_nodes(loaded.model)
         if unsupported:
-            raise UnsupportedModelError(f"{loaded.source}: unsupported ops: " + ", ".join(
-                f"{op} ('{name}')" for op, name in unsupported))
+            raise UnsupportedModelError(unsupported_message(loaded.source, unsupported))
         dataset = load_dataset(data) if isinstance(data, str) else data
     with clock("passes"):
         float_network, onnx_counts, normaliser = _float_network(loaded)

@@ -10,7 +10,7 @@ import sys
 
 from . import __version__, api
 from .data import parse_normalize
-from .errors import CheckFailed, WhetstoneError
+from .errors import CheckFailed, UnsupportedModelError, WhetstoneError
 from .finetune import OPTIMIZERS, SHARPENERS, FinetuneOptions
 
 
@@ -150,13 +150,8 @@ def _inspect(args) -> int:
             for row in result.layers:
                 role = f"  [{row['role']}]" if "role" in row else ""
                 print(f"  {row['name']:<28} {row['kind']:<12} {row['input_shape']} -> {row['output_shape']}{role}")
-    if result.unsupported:
-        print("whetstone-onnx: error: " + f"{result.source}: unsupported ops: " + ", ".join(
-            f"{op} ('{name}')" for op, name in result.unsupported), file=sys.stderr)
-        return 2
-    if result.problem:
-        print(f"whetstone-onnx: error: {result.source}: {result.problem}", file=sys.stderr)
-        return 2
+    if not result.supported:
+        raise UnsupportedModelError(result.error())
     return 0
 
 

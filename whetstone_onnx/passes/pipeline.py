@@ -54,6 +54,11 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
             if node.domain not in ("", "ai.onnx") or node.op_type not in supported]
 
 
+def unsupported_message(source: str, nodes: list[tuple[str, str]]) -> str:
+    """The one line naming the file and every unsupported op with its node."""
+    return f"{source}: unsupported ops: " + ", ".join(f"{op} ('{name}')" for op, name in nodes)
+
+
 def run_onnx_passes(proto: onnx.ModelProto) -> tuple[ir.Model, dict[str, int]]:
     model = ir.serde.deserialize_model(proto)
     counts = {}
