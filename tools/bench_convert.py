@@ -1,5 +1,8 @@
 """Benchmark: time of load + passes + emit + equivalence checks (no data, no fine-tuning).
 
+Netlist export (model.nir, explicit netlist and their checks) is left out unless
+``--netlist`` is given: tools/bench_netlist.py measures it.
+
 Models: the dense and conv fixtures and synthetic MLPs of 50, 100 and 200 hidden
 layers (to show how the cost grows with graph size). Each model is converted
 ``--repeats`` times; the median wall time is reported per stage.
@@ -45,11 +48,11 @@ def synthetic_mlp(hidden_layers: int, width: int = 64, inputs: int = 64, classes
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
 
 
-def measure(model, repeats: int) -> dict:
+def measure(model, repeats: int, netlist: bool) -> dict:
     totals, stages = [], {}
     for _ in range(repeats):
         start = time.perf_counter()
-        result = api.convert(model)
+        result = api.convert(model, netlist=netlist)
         totals.append(time.perf_counter() - start)
         for stage, seconds in result.report["timings_s"].items():
             stages.setdefault(stage, []).append(seconds)
@@ -62,12 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--netlist", action="store_true", help="include the netlist export and checks")
     args = parser.parse_args()
     cases = {name: MODELS / f"{name}.onnx" for name in
              ("digits_dense", "mnist_dense", "digits_conv", "mnist_conv", "torchstyle_mnist_conv")}
     cases.update({f"mlp_{n}_layers": synthetic_mlp(n) for n in (50, 100, 200)})
     api.convert(cases["digits_dense"])   # warm-up: imports, onnxruntime initialisation
-    results = {name: measure(model, args.repeats) for name, model in cases.items()}
+    results = {name: measure(model, args.repeats, args.netlist) for name, model in cases.items()}
     print(f"{'model':<24}{'layers':>7}{'total s':>10}   stages (median s)")
     for name, r in results.items():
         print(f"{name:<24}{r['layers']:>7}{r['total_s']:>10.3f}   {r['stages_s']}")

@@ -167,10 +167,13 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         network_counts = {
             "activations_before_pooling": activations_before_pooling(sharpenable),
             "replace_activations": replace_activations(sharpenable),
-            "calibrate_scales": calibrate_scales(sharpenable, calibration, calibration_percentile),
-            "make_output_stage": make_output_stage(sharpenable, output, calibration, key_width=key_width,
-                                                   seed=seed),
         }
+        calibrated = calibrate_scales(sharpenable, calibration, calibration_percentile)
+        network_counts.update({
+            "calibrate_scales": calibrated.scaled_layers,
+            "make_output_stage": make_output_stage(sharpenable, output, calibrated.outputs, key_width=key_width,
+                                                   seed=seed),
+        })
         initial_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded.source, loaded.sha256))
         agreement = check.class_agreement(loaded.model, initial_model, test)
     finetune_report: dict = {"requested": bool(finetune), "performed": False}

@@ -114,7 +114,9 @@ def check_spiking(network: Network, x: np.ndarray) -> SpikeCheck:
         if isinstance(layer, Spike):
             result.layers.append(_compare_spikes(layer, ort_in, ref_in, ort_out, ref_out))
         ort_in, ref_in = ort_out.astype(np.float64), ref_out
-    reference = network.forward(x)
+    # With no spike mismatch anywhere, every layer's input was the same 0/1 values in both,
+    # so the last reference output already is the free-running one; otherwise rerun it.
+    reference = ref_in if not any(layer.mismatches for layer in result.layers) else network.forward(x)
     result.free_running_class_agreement = float(np.mean(
         reference.reshape(len(x), -1).argmax(1) == ort_layers[-1].reshape(len(x), -1).argmax(1)))
     return result
@@ -123,7 +125,8 @@ def check_spiking(network: Network, x: np.ndarray) -> SpikeCheck:
 def _compare_spikes(layer: Spike, ort_potential, ref_potential, ort_spikes, ref_spikes) -> LayerSpikeCheck:
     threshold = layer.threshold.astype(np.float64)
     margin = TIE_MARGIN * max(1.0, float(np.abs(ort_potential).max()))
-    near = (np.abs(ort_potential - threshold) <= margin) | (np.abs(ref_potential - threshold) <= margin)
+    # The two potentials differ by float rounding only: near one's threshold is near the other's.
+    near = np.abs(ref_potential - threshold) <= 2 * margin
     mismatched = ort_spikes != ref_spikes
     per_sample = ort_spikes[0].size
     return LayerSpikeCheck(layer=layer.name, neurons=int(per_sample), spike_rate=float(ort_spikes.mean()),

@@ -10,6 +10,9 @@ from ..network import LinearLayer, OnnxBuilder
 from .registry import LiftContext, lifts
 
 
+COLUMN_LIMIT = 1 << 23      # values in one im2col block of the NumPy reference (64 MiB of float64)
+
+
 @dataclass(eq=False)
 class Conv2d(LinearLayer):
     name: str
@@ -35,21 +38,25 @@ class Conv2d(LinearLayer):
 
     def forward(self, x):
         top, left, bottom, right = self.pads
-        # Channels last, so each kernel offset is one BLAS matrix product (no im2col copy).
-        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))).transpose(0, 2, 3, 1).copy()
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))).transpose(0, 2, 3, 1)
         out_ch, in_per_group, kh, kw = self.weight.shape
         _, out_h, out_w = self.output_shape(x.shape[1:])
         (dh, dw), (sh, sw) = self.dilations, self.strides
-        weight = self.weight.astype(np.float64)
         per_group = out_ch // self.group
-        y = np.zeros((len(x), out_h, out_w, out_ch))
+        # im2col: the kernel offsets side by side (channels last), then one BLAS product per group;
+        # a few samples at a time, so the columns stay under COLUMN_LIMIT values.
+        chunk = max(1, COLUMN_LIMIT // (out_h * out_w * in_per_group * kh * kw))
+        y = np.empty((len(x), out_h, out_w, out_ch))
         for g in range(self.group):
             ins, outs = slice(g * in_per_group, (g + 1) * in_per_group), slice(g * per_group, (g + 1) * per_group)
-            for i in range(kh):
-                for j in range(kw):
-                    patch = padded[:, i * dh:i * dh + sh * (out_h - 1) + 1:sh,
-                                   j * dw:j * dw + sw * (out_w - 1) + 1:sw, ins]
-                    y[..., outs] += patch @ weight[outs, :, i, j].T
+            # Rows in (kh, kw, channel) order, matching the columns below.
+            weight = self.weight[outs].astype(np.float64).transpose(0, 2, 3, 1).reshape(per_group, -1)
+            for start in range(0, len(x), chunk):
+                columns = np.concatenate(
+                    [padded[start:start + chunk, i * dh:i * dh + sh * (out_h - 1) + 1:sh,
+                            j * dw:j * dw + sw * (out_w - 1) + 1:sw, ins] for i in range(kh) for j in range(kw)],
+                    axis=-1)
+                y[start:start + chunk, ..., outs] = columns @ weight.T
         y = y.transpose(0, 3, 1, 2)
         return y if self.bias is None else y + self.bias.astype(np.float64)[None, :, None, None]
 

@@ -15,6 +15,8 @@ reaches 60-93 %; 80 and below start to cost at sharpness 0.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..network import LinearLayer, Network
@@ -24,7 +26,13 @@ from .activations import COMMUTING_LAYERS
 DEFAULT_PERCENTILE = 95.0
 
 
-def calibrate_scales(network: Network, samples: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> int:
+@dataclass
+class Calibration:
+    scaled_layers: int
+    outputs: np.ndarray      # the calibrated network's outputs on the samples (the output stage reuses them)
+
+
+def calibrate_scales(network: Network, samples: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> Calibration:
     count = 0
     h = np.asarray(samples, np.float64)
     for i, layer in enumerate(network.layers):
@@ -39,4 +47,4 @@ def calibrate_scales(network: Network, samples: np.ndarray, percentile: float = 
                     following.scale_inputs(scale)
                 count += 1
         h = layer.forward(h)
-    return count
+    return Calibration(count, h)

@@ -35,7 +35,7 @@ OUTPUT_SCALE_PERCENTILE = 99.9
 THERMOMETER_SPAN = 0.6
 
 
-def make_output_stage(network: Network, mode: str, samples: np.ndarray, *, key_width: int | None = None,
+def make_output_stage(network: Network, mode: str, logits: np.ndarray, *, key_width: int | None = None,
                       seed: int = 0) -> int:
     last = network.layers[-1] if network.layers else None
     if not isinstance(last, Dense):
@@ -53,7 +53,7 @@ def make_output_stage(network: Network, mode: str, samples: np.ndarray, *, key_w
     weight = last.weight.astype(np.float64)
     bias = last.bias_or_zero().astype(np.float64)
     weight, bias = weight - weight.mean(axis=0), bias - bias.mean()
-    logits = network.forward(samples)
+    # ``logits``: the network's outputs on the calibration samples (calibrate_scales computes them).
     logits = logits - logits.mean(axis=1, keepdims=True)          # the centred rows' outputs
     per_class = width // classes
     # Quantile level of the j-th unit of each class: evenly staggered around 1 - 1/classes.
