@@ -210,62 +210,48 @@ def compile_and_fit(model, x, y, *, epochs: int, batch_size: int = 32, logits: b
 # ---------------------------------------------------------------- Keras-exported models
 
 
-def digits_dense(ds: Dataset) -> None:
+def keras_fixture(name: str, layers, x: np.ndarray, y: np.ndarray, *, epochs: int, decay: bool = True,
+                  dynamic_flatten: bool = False) -> None:
+    """Train a seeded Keras Sequential model of ``layers`` (a function of ``keras.layers``) and export it."""
     keras, _ = _tf()
-    L = keras.layers
     seed_everything()
-    model = keras.Sequential(
-        # Wide enough for binary hidden units: 32-16 lost ~10 points once spiking.
-        [keras.Input((64,)), L.Dense(128, activation="relu"), L.Dense(64, activation="relu"), L.Dense(10, activation="softmax")]
-    )
-    compile_and_fit(model, flat(ds.x_train), ds.y_train, epochs=40, decay=False)
-    keras_export(model, MODELS / "digits_dense.onnx")
+    model = keras.Sequential(layers(keras.layers))
+    compile_and_fit(model, x, y, epochs=epochs, decay=decay)
+    keras_export(model, MODELS / name, dynamic_flatten=dynamic_flatten)
+
+
+def digits_dense(ds: Dataset) -> None:
+    # Wide enough for binary hidden units: 32-16 lost ~10 points once spiking.
+    keras_fixture("digits_dense.onnx", lambda L: [
+        L.Input((64,)), L.Dense(128, activation="relu"), L.Dense(64, activation="relu"),
+        L.Dense(10, activation="softmax")], flat(ds.x_train), ds.y_train, epochs=40, decay=False)
 
 
 def digits_conv(ds: Dataset) -> None:
-    keras, _ = _tf()
-    L = keras.layers
-    seed_everything()
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            L.Conv2D(8, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(2),
-            L.Conv2D(16, 3, padding="valid"), L.BatchNormalization(), L.ReLU(),
-            L.Flatten(),
-            L.Dense(10, activation="softmax"),
-        ]
-    )
-    compile_and_fit(model, nhwc(ds.x_train), ds.y_train, epochs=40)
-    keras_export(model, MODELS / "digits_conv.onnx", dynamic_flatten=True)
+    keras_fixture("digits_conv.onnx", lambda L: [
+        L.Input((8, 8, 1)),
+        L.Conv2D(8, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(2),
+        L.Conv2D(16, 3, padding="valid"), L.BatchNormalization(), L.ReLU(),
+        L.Flatten(),
+        L.Dense(10, activation="softmax"),
+    ], nhwc(ds.x_train), ds.y_train, epochs=40, dynamic_flatten=True)
 
 
 def mnist_dense(ds: Dataset) -> None:
-    keras, _ = _tf()
-    L = keras.layers
-    seed_everything()
-    model = keras.Sequential(
-        [keras.Input((784,)), L.Dense(256, activation="relu"), L.Dense(64, activation="relu"), L.Dense(10, activation="softmax")]
-    )
-    compile_and_fit(model, flat(ds.x_train), ds.y_train, epochs=10, decay=False)
-    keras_export(model, MODELS / "mnist_dense.onnx")
+    keras_fixture("mnist_dense.onnx", lambda L: [
+        L.Input((784,)), L.Dense(256, activation="relu"), L.Dense(64, activation="relu"),
+        L.Dense(10, activation="softmax")], flat(ds.x_train), ds.y_train, epochs=10, decay=False)
 
 
 def mnist_conv(ds: Dataset) -> None:
-    keras, _ = _tf()
-    L = keras.layers
-    seed_everything()
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            L.Conv2D(16, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(2),
-            L.Conv2D(32, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(2),
-            L.Flatten(),
-            L.Dense(64), L.BatchNormalization(), L.ReLU(),
-            L.Dense(10, activation="softmax"),
-        ]
-    )
-    compile_and_fit(model, nhwc(ds.x_train), ds.y_train, epochs=8)
-    keras_export(model, MODELS / "mnist_conv.onnx", dynamic_flatten=True)
+    keras_fixture("mnist_conv.onnx", lambda L: [
+        L.Input((28, 28, 1)),
+        L.Conv2D(16, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(2),
+        L.Conv2D(32, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(2),
+        L.Flatten(),
+        L.Dense(64), L.BatchNormalization(), L.ReLU(),
+        L.Dense(10, activation="softmax"),
+    ], nhwc(ds.x_train), ds.y_train, epochs=8, dynamic_flatten=True)
 
 
 # ---------------------------------------------------------------- PyTorch-shaped models

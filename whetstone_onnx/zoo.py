@@ -693,7 +693,7 @@ def _sigterm_as_interrupt():
         yield
         return
 
-    def interrupt(signum, frame):
+    def interrupt(_signum, _frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
