@@ -2,7 +2,9 @@
 quantization and the hardware design-rule check."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from conftest import MODELS
 from whetstone_onnx import api, runtime
 from whetstone_onnx.data import fit_to_input, load_dataset
 from whetstone_onnx.errors import InputError, UnsupportedModelError
+from whetstone_onnx.netlist import explicit
 from whetstone_onnx.netlist.explicit import (FORMAT, NEURON_DTYPE, SYNAPSE_DTYPE, VERSION, read_netlist,
                                              write_netlist)
 from whetstone_onnx.netlist.hardware import TRUENORTH, HardwareLimits, check_hardware
@@ -20,8 +23,8 @@ from whetstone_onnx.ops.conv import Conv2d
 from whetstone_onnx.ops.decode import NHotDecode
 from whetstone_onnx.ops.dense import Dense
 from whetstone_onnx.ops.pool import AvgPool2d, MaxPool2d
-from whetstone_onnx.ops.shape import Reshape
-from whetstone_onnx.sim import macs, simulate_netlist
+from whetstone_onnx.ops.shape import Reshape, Transpose
+from whetstone_onnx.sim import compile_netlist, macs, simulate_netlist
 
 CASES = [("digits_dense.onnx", None, "nhot"), ("digits_conv.onnx", None, "nhot"),
          ("torchstyle_digits_conv.onnx", (0.5, 0.5), "nhot"), ("digits_dense.onnx", None, "readout"),
@@ -261,3 +264,179 @@ def test_unsupported_layers_are_named(rng, tmp_path):
     with pytest.raises(UnsupportedModelError, match="'pool'"):
         write_netlist(pool_first, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- connectivity descriptors and the fast path
+
+
+def _without_descriptors(netlist):
+    """The same netlist with every connectivity descriptor removed: the simulator's CSR path."""
+    header = json.loads(json.dumps(netlist.header))
+    for projection in header["projections"]:
+        projection.pop("connectivity", None)
+    return dataclasses.replace(netlist, header=header)
+
+
+def _assert_same_simulation(netlist, x, **kwargs):
+    """Fast path and CSR path agree: spikes bit for bit, real values to float64 rounding, same ties."""
+    fast_steps = compile_netlist(netlist)
+    slow = _without_descriptors(netlist)
+    assert all(step.path == "csr" for step in compile_netlist(slow))
+    fast = simulate_netlist(netlist, x, steps=fast_steps, keep_potentials=True, **kwargs)
+    csr = simulate_netlist(slow, x, keep_potentials=True)
+    for step in fast_steps:
+        name = step.name
+        if step.threshold is not None:
+            np.testing.assert_array_equal(fast.outputs[name], csr.outputs[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(fast.outputs[name], csr.outputs[name], rtol=1e-12, atol=1e-12, err_msg=name)
+        # Potentials: float32 sums (within their error bound) except near a threshold, where they are exact.
+        np.testing.assert_allclose(fast.potentials[name], csr.potentials[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    assert fast.near_threshold == csr.near_threshold
+    np.testing.assert_array_equal(fast.classes, csr.classes)
+    assert fast.synops == pytest.approx(csr.synops, rel=1e-12) and fast.spike_rate == csr.spike_rate
+    return fast_steps
+
+
+def test_descriptors_round_trip_and_take_the_fast_path(converted):
+    result, x, out, _ = converted
+    netlist = read_netlist(out)
+    kinds = {"spiking": ("dense", "conv2d"), "readout": ("dense",), "or": ("maxpool2d",), "linear": ("avgpool2d",)}
+    for projection in netlist.projections:
+        connectivity = projection["connectivity"]
+        post = netlist.population(projection["post"])
+        assert connectivity["kind"] in kinds[post["kind"]]
+        assert connectivity["output_shape"] == post["shape"]
+        pre = netlist.population(projection["pre"][0])
+        assert int(np.prod(connectivity["input_shape"])) == pre["count"]
+        if connectivity["kind"] == "conv2d":
+            layer = result.spiking_network.layers[post["layer"] - 1]
+            assert connectivity["kernel_shape"] == list(layer.weight.shape)
+            assert connectivity["pads"] == list(layer.pads) and connectivity["group"] == layer.group
+    steps = _assert_same_simulation(netlist, x, batch=50, workers=2)
+    assert all(step.fallback is None for step in steps), [step.fallback for step in steps]
+
+
+@pytest.mark.parametrize("strides,pads,dilations,group", [((1, 1), (1, 1, 1, 1), (1, 1), 1),
+                                                           ((2, 1), (1, 2, 0, 1), (1, 2), 2),
+                                                           ((1, 2), (0, 0, 2, 0), (2, 1), 4)])
+def test_fast_conv_and_pooling_equal_the_csr_path(rng, tmp_path, strides, pads, dilations, group):
+    weight = rng.standard_normal((4, 4 // group, 3, 3)).astype(np.float32)
+    weight[1, 0, 1, 1] = 0.0                                   # a zero weight: no synapse
+    conv = Conv2d("conv", weight, rng.standard_normal(4).astype(np.float32), strides, pads, dilations, group)
+    shape = conv.output_shape((4, 9, 8))
+    layers = [Transpose("hwc_to_chw", (2, 0, 1)), conv,
+              Spike("spike", rng.uniform(-1, 1, (4, 1, 1)).astype(np.float32)),
+              MaxPool2d("max", (2, 3), (2, 1), (1, 0, 0, 1), ceil_mode=True)]
+    shape = layers[3].output_shape(shape)
+    conv2 = Conv2d("conv2", rng.standard_normal((3, 4, 2, 2)).astype(np.float32), None, (1, 1), (1, 0, 0, 1))
+    layers += [conv2, Spike("spike2", np.full((3, 1, 1), 0.3, np.float32)),
+               AvgPool2d("avg", (2, 2), (1, 1), (0, 0, 1, 1), count_include_pad=False),
+               Transpose("to_hwc", (1, 2, 0))]
+    shape = layers[6].output_shape(conv2.output_shape(shape))
+    flat = int(np.prod(shape))
+    layers += [Reshape("flat", (flat,)), Dense("hidden", rng.standard_normal((6, flat)).astype(np.float32), None),
+               Spike("spike3", np.zeros(6, np.float32)),
+               Dense("out", rng.standard_normal((3, 6)).astype(np.float32), rng.standard_normal(3).astype(np.float32))]
+    network = Network("x", (9, 8, 4), "y", layers)
+    write_netlist(network, tmp_path)
+    netlist = read_netlist(tmp_path)
+    views = [p["connectivity"]["pre_view"] for p in netlist.projections]
+    assert views[0] == [["transpose", [2, 0, 1]]] and views[4] == [["transpose", [1, 2, 0]], ["reshape", [flat]]]
+    x = rng.standard_normal((23, 9, 8, 4)) * 2
+    steps = _assert_same_simulation(netlist, x, batch=5, workers=2)
+    assert [s.path for s in steps] == ["conv2d", "maxpool2d", "conv2d", "avgpool2d", "dense", "dense"]
+    reference = network.forward(x, all_layers=True)
+    simulated = simulate_netlist(netlist, x, steps=steps)
+    np.testing.assert_array_equal(simulated.outputs["spike3"], reference[10])
+
+
+def test_synapse_order_does_not_depend_on_the_writers_chunks(rng, tmp_path, monkeypatch):
+    """Records ascend by (post, slot) however the writer splits a layer into chunks (the fast path needs it)."""
+    network, _ = _tiny_conv_network(rng, strides=(1, 1), pads=(1, 1, 1, 1))
+    write_netlist(network, tmp_path / "whole")
+    monkeypatch.setattr(explicit, "CHUNK_SYNAPSES", 50)     # several row and channel blocks per group
+    write_netlist(network, tmp_path / "chunked")
+    whole, chunked = read_netlist(tmp_path / "whole"), read_netlist(tmp_path / "chunked")
+    np.testing.assert_array_equal(np.asarray(whole.synapses), np.asarray(chunked.synapses))
+    assert [step.path for step in compile_netlist(chunked)] == ["conv2d"]
+
+
+def test_potentials_near_a_threshold_are_recomputed_exactly(rng, tmp_path):
+    """Thresholds at float32 roundings of float64 potentials: float32 sums alone would decide some wrongly."""
+    weight = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    conv = Conv2d("conv", weight, None, (1, 1), (1, 1, 1, 1))
+    x = rng.random((40, 3, 6, 6))
+    potential = conv.forward(x)                                            # float64
+    threshold = potential[0].astype(np.float32)                            # per neuron: a tie for sample 0
+    dense = rng.standard_normal((5, 8 * 36)).astype(np.float32)
+    spikes = (potential >= threshold).reshape(len(x), -1)
+    dense_threshold = (spikes[0] @ dense.T.astype(np.float64)).astype(np.float32)
+    network = Network("x", (3, 6, 6), "y", [conv, Spike("spike", threshold), Reshape("flat", (8 * 36,)),
+                                            Dense("dense", dense, None), Spike("code", dense_threshold)])
+    write_netlist(network, tmp_path)
+    netlist = read_netlist(tmp_path)
+    steps = compile_netlist(netlist)
+    recomputed = {}
+    for step in steps:
+        exact = step.op.exact
+
+        def counting(values, rows, cols, exact=exact, name=step.name):
+            recomputed[name] = recomputed.get(name, 0) + len(rows)
+            return exact(values, rows, cols)
+        step.op.exact = counting
+    _assert_same_simulation(netlist, x, batch=8)
+    simulate_netlist(netlist, x, steps=steps)
+    assert recomputed["spike"] >= 8 * 36 and recomputed["code"] >= 5
+    reference = network.forward(x, all_layers=True)
+    np.testing.assert_array_equal(simulate_netlist(netlist, x, steps=steps).outputs["code"], reference[4])
+
+
+def _tamper(netlist, tmp_path, edit):
+    """A copy of the netlist's files with ``edit(records, header)`` applied (checksums left stale)."""
+    copy = tmp_path / "tampered"
+    shutil.copytree(netlist.path, copy)
+    records = np.memmap(copy / "netlist.synapses.bin", dtype=SYNAPSE_DTYPE, mode="r+")
+    header = json.loads((copy / "netlist.json").read_text())
+    edit(records, header)
+    records.flush()
+    (copy / "netlist.json").write_text(json.dumps(header))
+    return read_netlist(copy)
+
+
+def _edit_weight(records, header):
+    records["weight"][header["projections"][1]["synapse_offset"] + 7] *= 1.5
+
+
+def _repeat_synapse(records, header):
+    start = header["projections"][1]["synapse_offset"]
+    records[start + 3] = records[start + 2]           # one slot twice, another missing: same count
+
+
+def _edit_stride(records, header):
+    header["projections"][1]["connectivity"]["strides"] = [2, 1]
+
+
+@pytest.mark.parametrize("edit,reason", [(_edit_weight, "different weights"), (_repeat_synapse, "order"),
+                                         (_edit_stride, "outside its output's window")])
+def test_records_that_the_descriptor_does_not_reproduce_fall_back_to_csr(rng, tmp_path, edit, reason):
+    conv = Conv2d("conv", rng.standard_normal((4, 2, 3, 3)).astype(np.float32), None, (1, 1), (1, 1, 1, 1))
+    conv2 = Conv2d("conv2", rng.standard_normal((3, 4, 3, 3)).astype(np.float32), None, (1, 1), (1, 1, 1, 1))
+    network = Network("x", (2, 6, 6), "y", [conv, Spike("s1", np.full((4, 1, 1), 0.2, np.float32)),
+                                            conv2, Spike("s2", np.full((3, 1, 1), 0.1, np.float32))])
+    write_netlist(network, tmp_path / "netlist")
+    tampered = _tamper(read_netlist(tmp_path / "netlist"), tmp_path, edit)
+    steps = compile_netlist(tampered)
+    assert [s.path for s in steps] == ["conv2d", "csr"]
+    assert reason in steps[1].fallback
+    x = rng.standard_normal((30, 2, 6, 6))
+    # The simulator runs what the records say, whatever the descriptor claims.
+    _assert_same_simulation(tampered, x)
+
+
+def test_forced_spikes_must_be_zero_or_one(converted):
+    result, x, out, _ = converted
+    netlist = read_netlist(out)
+    spiking = next(p for p in netlist.populations if p["kind"] == "spiking")
+    with pytest.raises(InputError, match="not spikes"):
+        simulate_netlist(netlist, x[:4], forced={spiking["name"]: np.full((4, spiking["count"]), 0.5)})

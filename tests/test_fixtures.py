@@ -26,6 +26,7 @@ HAVE_MNIST = (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 FIXTURES: dict[str, tuple[str, tuple[float, float] | None, float | None]] = {
     "digits_dense.onnx": ("digits", None, 95.0),
     "digits_conv.onnx": ("digits", None, 95.0),
+    "digits_conv_postbn.onnx": ("digits", None, 95.0),
     "mnist_dense.onnx": ("mnist", None, 95.0),
     "mnist_conv.onnx": ("mnist", None, 97.5),
     "torchstyle_digits_conv.onnx": ("digits", (0.5, 0.5), 95.0),
@@ -36,7 +37,7 @@ FIXTURES: dict[str, tuple[str, tuple[float, float] | None, float | None]] = {
 # Not models: the sample zoo (models/zoo.toml) lists a deliberately unreadable file,
 # written by tools/make_zoo_fixtures.py.
 ZOO_FIXTURES = ["corrupt.onnx"]
-KERAS = ["digits_dense.onnx", "digits_conv.onnx", "mnist_dense.onnx", "mnist_conv.onnx"]
+KERAS = ["digits_dense.onnx", "digits_conv.onnx", "digits_conv_postbn.onnx", "mnist_dense.onnx", "mnist_conv.onnx"]
 TORCHSTYLE = ["torchstyle_digits_conv.onnx", "torchstyle_mnist_conv.onnx"]
 SUPPORTED = [f for f, (_, _, low) in FIXTURES.items() if low is not None]
 # onnxruntime may round differently on another CPU; a flipped prediction or two is fine.

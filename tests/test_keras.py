@@ -2,6 +2,8 @@
 builder exactness against onnxruntime, weight write-back exactness."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -18,7 +20,7 @@ from whetstone_onnx.ops.activation import Sharpenable  # noqa: E402
 from whetstone_onnx.passes.spiking import to_step_network  # noqa: E402
 
 FIXTURES = [("digits_dense.onnx", (64,), None), ("digits_conv.onnx", (8, 8, 1), None),
-            ("torchstyle_digits_conv.onnx", (1, 8, 8), (0.5, 0.5))]
+            ("digits_conv_postbn.onnx", (8, 8, 1), None), ("torchstyle_digits_conv.onnx", (1, 8, 8), (0.5, 0.5))]
 
 
 def keras_output(layer, x, sharpness):
@@ -91,6 +93,18 @@ def test_simple_sharpener_per_epoch_bottom_up():
 def test_simple_sharpener_per_batch_works():  # the original crashed with epochs=False
     seen = run_epochs(SimpleSharpener(start_epoch=0, steps=3, epochs=False), epochs=5, batches=3)
     assert seen == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+
+
+def test_sharpener_warns_when_fit_ends_before_every_layer_is_sharp():
+    sharpener = SimpleSharpener(start_epoch=1, steps=2)
+    run_epochs(sharpener, epochs=4, batches=1)
+    with pytest.warns(UserWarning, match=r"sharpness \[1, 0.5, 0\].*needs fit\(epochs=7\)"):
+        sharpener.on_train_end()
+    done = SimpleSharpener(start_epoch=0, steps=1)
+    run_epochs(done, epochs=5, batches=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done.on_train_end()
 
 
 def test_simple_sharpener_uniform():
@@ -180,3 +194,52 @@ def test_finetuning_end_to_end_is_reproducible_and_keras_agrees_with_spiking_onn
     sharpness = [onnx.numpy_helper.to_array(i) for i in onnx.load(tmp_path / "a" / "sharpenable.onnx").graph.initializer
                  if i.name.endswith(".sharpness")]
     assert sharpness and all(value == 1.0 for value in sharpness)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shifted_images_move_whole_pixels_in_either_layout(channels_last):
+    from whetstone_onnx.finetune import _shift_images
+    images = np.arange(2 * 3 * 5 * 6, dtype=np.float32).reshape(2, 3, 5, 6)
+    offsets = np.array([[0, 0], [1, -2]])
+    given = images.transpose(0, 2, 3, 1) if channels_last else images
+    shifted = _shift_images(given, offsets, 2, -1.0)
+    if channels_last:
+        shifted = shifted.transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(shifted[0], images[0])
+    np.testing.assert_array_equal(shifted[1, :, 1:, :4], images[1, :, :4, 2:])    # down 1, left 2
+    assert (shifted[1, :, 0] == -1).all() and (shifted[1, :, :, 4:] == -1).all()
+
+
+def test_shift_is_decided_by_image_size_and_refused_for_flat_inputs():
+    options = api.FinetuneOptions()
+    assert options.resolved((1, 28, 28)).shift == 1 and options.resolved((28, 28, 1)).shift == 1
+    assert options.resolved((1, 8, 8)).shift == 0 and options.resolved((784,)).shift == 0
+    with pytest.raises(api.InputError, match="--shift 1: needs image inputs"):
+        api.FinetuneOptions(shift=1).resolved((784,))
+
+
+def test_finetuning_with_shifted_images_is_reproducible():
+    options = dict(epochs=2, straight_through_epochs=1, seed=2, shift=1)
+    runs = [api.convert(MODELS / "digits_conv.onnx", data="digits", netlist=False,
+                        finetune=api.FinetuneOptions(**options)) for _ in range(2)]
+    assert runs[0].report["finetune"]["history"] == runs[1].report["finetune"]["history"]
+    assert runs[0].report["finetune"]["options"]["shift"] == 1
+
+
+def test_shifted_batches_keep_each_image_with_its_label_and_redraw_per_epoch():
+    from whetstone_onnx.finetune import _training_data
+    rng = np.random.default_rng(0)
+    x = rng.random((100, 1, 20, 20)).astype(np.float32) + 1.0          # no pixel equals the fill (1.0 = min)
+    labels = np.arange(100)
+    batches = _training_data(x, labels, api.FinetuneOptions(shift=2, batch_size=32, seed=5))["x"]
+    seen = []
+    for epoch in range(2):
+        for index in range(len(batches)):
+            images, rows = batches[index]
+            for image, row in zip(images, rows):
+                # The image's interior is its own source image, moved by at most 2 pixels.
+                assert any(np.array_equal(image[:, 2:-2, 2:-2], x[row, :, 2 - dy:18 - dy, 2 - dx:18 - dx])
+                           for dy in range(-2, 3) for dx in range(-2, 3))
+        seen.append(batches.order.copy())
+        batches.on_epoch_end()
+    assert sorted(seen[0]) == list(range(100)) and not np.array_equal(seen[0], seen[1])

@@ -1,7 +1,8 @@
 """Train the small classifiers in ``models/`` and write them as ONNX files.
 
 Run from anywhere: ``python tools/make_fixtures.py`` regenerates every model and
-``models/README.md``. Everything is seeded (Python, NumPy and TensorFlow through
+``models/README.md``; ``python tools/make_fixtures.py NAME ...`` (file names without
+``.onnx``) rebuilds only those and re-measures the others as they are. Everything is seeded (Python, NumPy and TensorFlow through
 ``keras.utils.set_random_seed``, deterministic TF kernels, oneDNN off) so a rerun
 on the same software versions gives the same weights.
 
@@ -235,6 +236,18 @@ def digits_conv(ds: Dataset) -> None:
         L.Flatten(),
         L.Dense(10, activation="softmax"),
     ], nhwc(ds.x_train), ds.y_train, epochs=40, dynamic_flatten=True)
+
+
+def digits_conv_postbn(ds: Dataset) -> None:
+    # Batch norm after the activation, as many Keras models have it: the first one feeds a
+    # zero-padded conv, so no linear layer can absorb it; the second folds into the dense layer.
+    keras_fixture("digits_conv_postbn.onnx", lambda L: [
+        L.Input((8, 8, 1)),
+        L.Conv2D(8, 3, padding="same", activation="relu"), L.BatchNormalization(),
+        L.Conv2D(16, 3, padding="same", activation="relu"), L.MaxPooling2D(2), L.BatchNormalization(),
+        L.Flatten(),
+        L.Dense(10, activation="softmax"),
+    ], nhwc(ds.x_train), ds.y_train, epochs=30)
 
 
 def mnist_dense(ds: Dataset) -> None:
@@ -502,6 +515,11 @@ def write_readme(fixtures: list[Fixture]) -> None:
         lines.append(f"| `{f.file}` | {f.source} | {f.architecture} | {f.opset} | {data} | {acc} |")
     lines += [
         "",
+        "`zoo.toml` is the sample zoo of `whetstone-onnx zoo` (the tests and the README use it):",
+        "six of the supported classifiers, `digits_tanh.onnx`, and `corrupt.onnx`, which is not a",
+        "model at all: the first half of `digits_dense.onnx`'s bytes, written by",
+        "`python tools/make_zoo_fixtures.py`, so that a batch shows a file that cannot be read.",
+        "",
         "Notes on what the exporters wrote (Keras 3.15 / tf2onnx 1.17 at the time of writing):",
         "",
         "- Keras 3 `model.export(format=\"onnx\")` runs tf2onnx and writes opset 15 (plus an",
@@ -511,7 +529,8 @@ def write_readme(fixtures: list[Fixture]) -> None:
         "- Dense layers are MatMul + Add (never Gemm); the Softmax stays in the graph.",
         "- BatchNormalization is *not* folded into the Conv: it becomes a Mul and an Add with",
         "  (1, C, 1, 1) constants after the Conv (which keeps its own bias), or with (C,)",
-        "  constants after a MatMul + Add (`mnist_conv`'s dense BN).",
+        "  constants after a MatMul + Add (`mnist_conv`'s dense BN). After an activation",
+        "  (`digits_conv_postbn`) it is the same Mul and Add, after the Relu or the MaxPool.",
         "- The NHWC input (C = 1) becomes NCHW through a Reshape, not a Transpose. Flatten is a",
         "  Transpose back to NHWC followed by a Reshape whose target shape is computed at run",
         "  time by a Shape / Gather / Cast / Slice / Concat / Cast subgraph (the Shape reads the",
@@ -532,7 +551,7 @@ def write_readme(fixtures: list[Fixture]) -> None:
 # ---------------------------------------------------------------- main
 
 
-def main() -> int:
+def main(only: list[str]) -> int:
     start = time.perf_counter()
     MODELS.mkdir(exist_ok=True)
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
@@ -548,6 +567,9 @@ def main() -> int:
         (Fixture("digits_conv.onnx", "Keras 3 `model.export(format=\"onnx\")`",
                  "NHWC 8x8x1: Conv 8 (same)+BN+ReLU+MaxPool 2, Conv 16 (valid)+BN+ReLU, Flatten, Dense 10 softmax",
                  "digits", None), lambda: digits_conv(digits)),
+        (Fixture("digits_conv_postbn.onnx", "Keras 3 `model.export(format=\"onnx\")`",
+                 "NHWC 8x8x1: Conv 8 (same)+ReLU+BN, Conv 16 (same)+ReLU+MaxPool 2+BN, Flatten, Dense 10 softmax",
+                 "digits", None), lambda: digits_conv_postbn(digits)),
         (Fixture("mnist_dense.onnx", "Keras 3 `model.export(format=\"onnx\")`",
                  "Dense 784-256-64-10, relu, softmax", mnist_spec, None), lambda: mnist_dense(mnist)),
         (Fixture("mnist_conv.onnx", "Keras 3 `model.export(format=\"onnx\")`",
@@ -567,10 +589,15 @@ def main() -> int:
                  "8x8 rows as a sequence: Transpose, LSTM 16, Squeeze (last hidden state), Gemm 16-10",
                  "digits", None, supported=False), digits_lstm),
     ]
+    unknown = set(only) - {fixture.file.removesuffix(".onnx") for fixture, _ in fixtures}
+    if unknown:
+        print(f"no fixture named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     done = []
     for fixture, build in fixtures:
         t0 = time.perf_counter()
-        build()
+        if not only or fixture.file.removesuffix(".onnx") in only:
+            build()
         fixture.seconds = time.perf_counter() - t0
         measure(fixture)
         acc = f"{fixture.accuracy:.2f} %" if fixture.accuracy is not None else "unsupported"
@@ -585,4 +612,4 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--export":
         sys.exit(_export_saved(sys.argv[2], sys.argv[3]))
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

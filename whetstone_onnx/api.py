@@ -187,7 +187,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             tuned = run_finetune(sharpenable, train, dataset.y_train, test, dataset.y_test, finetune_options,
                                  output=output, progress=progress)
         trained = tuned.network
-        finetune_report.update(performed=True, options=asdict(finetune_options),
+        finetune_report.update(performed=True, options=asdict(tuned.options),
                                reached_full_sharpness=tuned.reached_full_sharpness, history=tuned.history)
     with clock("emit"):
         sharpenable_model, spiking, spiking_model = _emit(trained, _doc(loaded.source, loaded.sha256))
@@ -403,7 +403,7 @@ def _explicit_netlist(spiking: Network, spiking_model: onnx.ModelProto, director
 
     stats = write_netlist(spiking, directory, weight_bits=weight_bits)
     netlist = read_netlist(directory)
-    simulated = simulate_netlist(netlist, test)
+    simulated = simulate_netlist(netlist, test, keep_outputs=False)
     operations = macs(spiking)
     entry = {"explicit": {"files": list(NETLIST_FILES), "weight_bits": weight_bits, "stats": stats.to_dict()},
              "synops_per_inference": simulated.synops, "macs_per_inference": operations,

@@ -192,7 +192,7 @@ def check_netlist(spiking_model: onnx.ModelProto, netlist, x: np.ndarray) -> Net
     compared = [p for p in netlist.populations if p["kind"] in ("spiking", "or") and p.get("layer_name") in value_of]
     outputs = runtime.run(runtime.with_outputs(spiking_model, [value_of[p["layer_name"]] for p in compared]), x)
     expected = {p["name"]: outputs[value_of[p["layer_name"]]].reshape(len(x), -1) for p in compared}
-    simulated = simulate_netlist(netlist, x, forced=expected)
+    simulated = simulate_netlist(netlist, x, forced=expected, keep_potentials=True)
     result = NetlistCheck(len(x), "explicit", TIE_MARGIN)
     for population in compared:
         name = population["name"]

@@ -11,7 +11,7 @@ import sys
 from . import __version__, api
 from .data import parse_normalize
 from .errors import CheckFailed, UnsupportedModelError, WhetstoneError
-from .finetune import OPTIMIZERS, SHARPENERS, FinetuneOptions
+from .finetune import BATCHNORM_LAYERS, MIN_SHIFTED_SIDE, OPTIMIZERS, SHARPENERS, FinetuneOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the model expects (x - MEAN) / STD of the data's [0, 1] pixels")
     convert.add_argument("--output", choices=("nhot", "readout"), default="nhot",
                          help="spiking N-hot code (default) or a float readout of the last layer")
-    convert.add_argument("--key-width", type=int, metavar="K", help="N-hot code width (default 4 x classes)")
+    convert.add_argument("--key-width", type=int, metavar="K", help="N-hot code width (default 10 x classes)")
     convert.add_argument("--percentile", type=float, default=api.DEFAULT_PERCENTILE, metavar="P",
                          help="calibration: each ReLU layer is scaled by the P-th percentile of its positive "
                               f"activations (default {api.DEFAULT_PERCENTILE:g})")
@@ -89,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--ste-epochs", type=int, default=defaults.straight_through_epochs,
                         help="epochs at full sharpness with a straight-through gradient "
                              f"(default {defaults.straight_through_epochs})")
-    tuning.add_argument("--batchnorm", action="store_true",
-                        help="re-enable batch norm on hidden layers while training (folded again after)")
+    tuning.add_argument("--batchnorm", choices=BATCHNORM_LAYERS, default=defaults.batchnorm,
+                        help="hidden layers that train with a re-enabled batch norm, folded again after "
+                             f"(default {defaults.batchnorm})")
+    tuning.add_argument("--shift", type=int, metavar="PIXELS", default=defaults.shift,
+                        help="shift training images by up to PIXELS at random each epoch "
+                             f"(default 1 for images of at least {MIN_SHIFTED_SIDE} pixels a side, else 0)")
     return parser
 
 
@@ -160,7 +164,8 @@ def _convert(args) -> int:
         raise WhetstoneError(f"--key-width {args.key_width}: must be a positive integer")
     options = FinetuneOptions(epochs=args.epochs, sharpener=args.sharpener, optimizer=args.optimizer,
                               learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-                              straight_through_epochs=args.ste_epochs, batchnorm=args.batchnorm)
+                              straight_through_epochs=args.ste_epochs, batchnorm=args.batchnorm,
+                              shift=args.shift)
     result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
                          key_width=args.key_width, seed=args.seed,
                          finetune=False if args.no_finetune else options,

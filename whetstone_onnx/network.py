@@ -9,6 +9,7 @@ reference, later Keras and netlists) read it. Each layer class lives in the
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -84,6 +85,9 @@ class Layer:
         from .errors import UnsupportedModelError
         raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) has no Keras form")
 
+    def from_keras(self, keras_layer) -> None:
+        """Take what training changed in the Keras layer ``to_keras`` made (nothing, by default)."""
+
 
 class LinearLayer(Layer):
     """A layer with a weight (output axis first) and an optional bias: Dense, Conv2d."""
@@ -112,6 +116,21 @@ class LinearLayer(Layer):
     def scale_inputs(self, scale: float) -> None:
         """Compose the layer with x -> x * scale (a uniform input scale)."""
         self.weight = (self.weight.astype(np.float64) * scale).astype(np.float32)
+
+    def fold_input_affine(self, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        """Compose the layer with x -> x * scale + shift (per-sample arrays of its input's shape).
+
+        L(s x + t) = L_s(x) + L(t): the weights absorb the scale and the constant L(t), the
+        bias-free layer applied to the shift, is returned (float64, broadcastable to the
+        output) for the caller to place, in a bias or in the next layer's thresholds.
+        """
+        offset = dataclasses.replace(self, bias=None).forward(np.asarray(shift, np.float64)[None])[0]
+        self.scale_input_elements(scale)
+        return offset
+
+    def scale_input_elements(self, scale: np.ndarray) -> None:
+        """Compose the layer with x -> x * scale, one factor per input element."""
+        raise NotImplementedError
 
 
 @dataclass

@@ -5,10 +5,10 @@ Classic Whetstone code runs with only its imports changed::
 
     from whetstone_onnx.keras import Spiking_BRelu, Softmax_Decode, key_generator, SimpleSharpener
 """
-from .layers import (AveragePoolExcludingPad, BoundedRelu, ConstantPad2D, SharpSigmoid, SoftmaxDecode,
-                     Softmax_Decode, Spiking, Spiking_BRelu, Spiking_Sigmoid, key_generator)
+from .layers import (AveragePoolExcludingPad, BoundedRelu, ConstantPad2D, FrozenBatchNormalization, SharpSigmoid,
+                     SoftmaxDecode, Softmax_Decode, Spiking, Spiking_BRelu, Spiking_Sigmoid, key_generator)
 from .sharpeners import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, spiking_layers
 
-__all__ = ["AdaptiveSharpener", "AveragePoolExcludingPad", "BoundedRelu", "ConstantPad2D", "ScheduledSharpener",
-           "SharpSigmoid", "Sharpener", "SimpleSharpener", "SoftmaxDecode", "Softmax_Decode", "Spiking",
-           "Spiking_BRelu", "Spiking_Sigmoid", "key_generator", "spiking_layers"]
+__all__ = ["AdaptiveSharpener", "AveragePoolExcludingPad", "BoundedRelu", "ConstantPad2D", "FrozenBatchNormalization",
+           "ScheduledSharpener", "SharpSigmoid", "Sharpener", "SimpleSharpener", "SoftmaxDecode", "Softmax_Decode",
+           "Spiking", "Spiking_BRelu", "Spiking_Sigmoid", "key_generator", "spiking_layers"]

@@ -16,8 +16,7 @@ import keras
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from ..network import LinearLayer, Network
-from ..ops.activation import Sharpenable
+from ..network import Network
 
 
 class KerasBuilder:
@@ -96,21 +95,18 @@ def build_keras(network: Network, *, batchnorm_stats: dict[int, tuple[np.ndarray
 
 
 def write_back(network: Network, built: KerasModel) -> None:
-    """Trained weights, sharpness and folded batch norm from Keras into ``network`` (in place)."""
+    """Trained weights, batch norms, sharpness and folded re-enabled batch norm from Keras into
+    ``network`` (in place)."""
     for layer in network.layers:
         name = built.layer_names.get(id(layer))
         if name is None:
             continue
-        keras_layer = built.model.get_layer(name)
-        if isinstance(layer, LinearLayer):
-            layer.from_keras(keras_layer)
-            if id(layer) in built.batchnorm_names:
-                gamma, beta, mean, variance = built.model.get_layer(built.batchnorm_names[id(layer)]).get_weights()
-                epsilon = built.model.get_layer(built.batchnorm_names[id(layer)]).epsilon
-                scale = gamma.astype(np.float64) / np.sqrt(variance.astype(np.float64) + epsilon)
-                layer.scale_outputs(scale, beta - mean * scale)
-        elif isinstance(layer, Sharpenable):
-            layer.sharpness = keras_layer.get_sharpness()
+        layer.from_keras(built.model.get_layer(name))
+        if id(layer) in built.batchnorm_names:
+            gamma, beta, mean, variance = built.model.get_layer(built.batchnorm_names[id(layer)]).get_weights()
+            epsilon = built.model.get_layer(built.batchnorm_names[id(layer)]).epsilon
+            scale = gamma.astype(np.float64) / np.sqrt(variance.astype(np.float64) + epsilon)
+            layer.scale_outputs(scale, beta - mean * scale)
 
 
 def _clean(name: str) -> str:

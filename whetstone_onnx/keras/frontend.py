@@ -5,6 +5,9 @@ Spiking_BRelu + Softmax_Decode, trained under a sharpener) reaches the same
 emitters, checks and artifacts as a converted ONNX model. Keras tensors are
 channels-last; the Network is channels-first, so a Transpose is put in front
 of the first convolution and before a flatten that follows one.
+A BatchNormalization right after a Dense / Conv2D is folded into it; any other
+(after an activation, on the input) stays a batch-norm layer, which the step
+network folds away.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..network import LinearLayer, Network
 from ..ops.activation import Activation, Sharpenable
+from ..ops.batchnorm import BatchNorm
 from ..ops.conv import Conv2d
 from ..ops.decode import NHotDecode
 from ..ops.dense import Dense
@@ -74,7 +78,15 @@ def network_from_keras(model: keras.Model) -> Network:
             network.layers.append(Reshape(name, (int(np.prod(network.shapes()[-1])),)))
             channels_last = False
         elif isinstance(layer, keras.layers.BatchNormalization):
-            _fold_batchnorm(network, layer)
+            if layer.axis not in (-1, len(layer.input.shape) - 1):
+                raise UnsupportedModelError(f"Keras layer '{name}' (BatchNormalization) normalises axis "
+                                            f"{layer.axis}; only the last (channels) axis is supported")
+            if network.layers and isinstance(network.layers[-1], LinearLayer):
+                _fold_batchnorm(network.layers[-1], layer)
+            else:
+                to_channels_first(name)       # the network's channel axis is the first per sample
+                weights = (np.asarray(w, np.float32) for w in _batchnorm_weights(layer))
+                network.layers.append(BatchNorm(name, *weights, epsilon=float(np.float32(layer.epsilon))))
         elif isinstance(layer, (BoundedRelu, SharpSigmoid)):
             function = "bounded_relu" if isinstance(layer, BoundedRelu) else "sharp_sigmoid"
             network.layers.append(Sharpenable(name, function, layer.get_sharpness(), source="keras"))
@@ -102,10 +114,7 @@ def _activation(network: Network, layer) -> None:
     network.layers.append(Activation(f"{layer.name}/{name}", _ACTIVATIONS[name]))
 
 
-def _fold_batchnorm(network: Network, layer) -> None:
-    linear = network.layers[-1] if network.layers else None
-    if not isinstance(linear, LinearLayer):
-        raise UnsupportedModelError(f"Keras layer '{layer.name}' (BatchNormalization) must follow Dense or Conv2D")
+def _fold_batchnorm(linear: LinearLayer, layer) -> None:
     gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in _batchnorm_weights(layer))
     scale = gamma / np.sqrt(variance + layer.epsilon)
     linear.scale_outputs(scale, beta - mean * scale)

@@ -176,6 +176,22 @@ class AveragePoolExcludingPad(keras.layers.Layer):
                 "pads": list(self.pads)}
 
 
+@keras.saving.register_keras_serializable(package="whetstone_onnx")
+class FrozenBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization that normalises with its moving statistics in training too.
+
+    gamma and beta train; the statistics stay as the converted model had them. The
+    model being trained then computes, at every step, the function of the network
+    it is written back into (a batch norm in training mode would normalise with each
+    batch's statistics instead), and a batch norm written as a Mul and an Add, which
+    comes with no statistics at all (mean 0, variance 1, epsilon 0), trains as the
+    per-channel scale and shift it is.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
+
+
 # The original library's names, so classic Whetstone code runs with only its imports changed.
 Spiking_BRelu = BoundedRelu
 Spiking_Sigmoid = SharpSigmoid

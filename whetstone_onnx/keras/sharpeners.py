@@ -13,6 +13,8 @@ back would synchronise too.
 """
 from __future__ import annotations
 
+import warnings
+
 import keras
 
 from .layers import Spiking
@@ -73,6 +75,18 @@ class Sharpener(keras.callbacks.Callback):
         if self.stop_when_sharp and self.fully_sharp():
             self.model.stop_training = True
 
+    def on_train_end(self, logs=None):
+        # The spiking model is the trained one with every layer a step: say so when
+        # fit's epoch budget ran out first, as the original library did not.
+        if self.stop_when_sharp and not self.fully_sharp():
+            values = ", ".join(f"{v:.3g}" for v in self.get_layer_sharpness())
+            warnings.warn(f"{type(self).__name__}: training ended before every spiking layer was sharp "
+                          f"(sharpness [{values}]); the spiking model, every layer a step, will score lower "
+                          f"than the trained one{self._budget_hint()}", stacklevel=2)
+
+    def _budget_hint(self) -> str:
+        return ": train for more epochs"
+
     def _log(self, message: str) -> None:
         if self.verbose:
             print(f"{type(self).__name__}: {message}")
@@ -103,6 +117,12 @@ class SimpleSharpener(Sharpener):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current_epoch = epoch
+
+    def _budget_hint(self) -> str:
+        steps = self.steps * len(self.layers)
+        if self.epochs:
+            return f": this schedule needs fit(epochs={self.start_epoch + steps}) or more"
+        return f": this schedule needs {steps} batches after epoch {self.start_epoch}"
 
     def on_train_batch_begin(self, batch, logs=None):
         if not self.epochs:

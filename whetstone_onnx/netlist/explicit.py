@@ -7,6 +7,12 @@ reference simulator in ``whetstone_onnx.sim``) needs nothing but these files:
   netlist.neurons.bin   one (population u2, index u4, threshold f4) record per neuron, in id order
   netlist.synapses.bin  one (pre u4, post u4, weight f4) record per synapse, grouped per projection
 
+Each projection's header entry also carries an optional ``connectivity``
+descriptor (the dense / conv2d / pooling layer it expands, and how its input is
+viewed from the pre population) from which a reader can rebuild the compact
+weights; the records stay authoritative, and are written in (post neuron, slot
+of the compact form) order.
+
 The format is specified in docs/netlist-format.md. Synapses are generated and
 appended per projection in bounded chunks (blocks of output channels or rows of
 a convolution, blocks of rows of a dense weight), each vectorised with NumPy, so
@@ -86,6 +92,7 @@ class _Projection:
     candidates: int                   # upper bound on its synapses
     max_abs_weight: float
     learned: bool                     # weights of a Dense / Conv layer (quantized with weight_bits)
+    connectivity: dict                # the header's structure descriptor (docs/netlist-format.md)
 
 
 @dataclass
@@ -119,6 +126,7 @@ def _plan(network: Network) -> _Plan:
     current = add_population("input", "input", input_shape, None)
     ids = np.arange(current.count, dtype=np.int64).reshape(input_shape)
     source = current            # the population the current tensor's values come from
+    view: list[list] = []       # the reshapes / transposes from source's shape to the current tensor
     decode: dict = {"kind": "argmax"}
     layers = network.layers
     i = 0
@@ -129,9 +137,13 @@ def _plan(network: Network) -> _Plan:
             if math.prod(layer.shape) != ids.size:
                 raise UnsupportedModelError(f"layer '{layer.name}' (reshape): {ids.shape} cannot become {layer.shape}")
             ids = ids.reshape(layer.shape)
+            # A reshape replaces a reshape before it: only the last target shape matters.
+            view = view[:-1] if view and view[-1][0] == "reshape" else view
+            view.append(["reshape", [int(d) for d in layer.shape]])
             i += 1
         elif isinstance(layer, Transpose):
             ids = ids.transpose(layer.perm)
+            view.append(["transpose", [int(d) for d in layer.perm]])
             i += 1
         elif isinstance(layer, (Dense, Conv2d)):
             out_shape = tuple(layer.output_shape(ids.shape))
@@ -158,9 +170,9 @@ def _plan(network: Network) -> _Plan:
                 raise UnsupportedModelError(f"layer '{layer.name}' ({layer.kind}) is followed by {what}: only a "
                                             "Spike (or, for the last Dense, nothing: a readout) can follow a "
                                             "weight layer in an explicit netlist")
-            projections.append(_linear_projection(layer, source, ids, post))
+            projections.append(_linear_projection(layer, source, ids, view, post))
             ids = np.arange(post.first_id, post.first_id + post.count, dtype=np.int64).reshape(out_shape)
-            source = post
+            source, view = post, []
             i += step
         elif isinstance(layer, (MaxPool2d, AvgPool2d)):
             if ids.ndim != 3:
@@ -175,9 +187,9 @@ def _plan(network: Network) -> _Plan:
                                       threshold=np.ones(math.prod(out_shape), np.float32))
             else:
                 post = add_population(layer.name, "linear", out_shape, i)
-            projections.append(_pool_projection(layer, source, ids, post))
+            projections.append(_pool_projection(layer, source, ids, view, post))
             ids = np.arange(post.first_id, post.first_id + post.count, dtype=np.int64).reshape(out_shape)
-            source = post
+            source, view = post, []
             i += 1
         elif isinstance(layer, NHotDecode):
             if following is not None or source.kind != "spiking" or layer.key.shape[1] != ids.size:
@@ -204,7 +216,15 @@ def _plan(network: Network) -> _Plan:
     return _Plan(input_shape, populations, projections, decode)
 
 
-def _linear_projection(layer, source: _Population, ids: np.ndarray, post: _Population) -> _Projection:
+def _connectivity(kind: str, ids: np.ndarray, view: list[list], post: _Population, **fields) -> dict:
+    """A projection's structure descriptor: the layer's kind and parameters, and how its input tensor is
+    viewed from the pre population (``pre_view``), so a reader can rebuild the compact weights."""
+    return {"kind": kind, "pre_view": [list(step) for step in view], "input_shape": [int(d) for d in ids.shape],
+            "output_shape": list(post.shape), **fields}
+
+
+def _linear_projection(layer, source: _Population, ids: np.ndarray, view: list[list],
+                       post: _Population) -> _Projection:
     weight = layer.weight.astype(np.float32)
     max_abs = float(np.abs(weight).max()) if weight.size else 0.0
     if isinstance(layer, Dense):
@@ -219,13 +239,18 @@ def _linear_projection(layer, source: _Population, ids: np.ndarray, post: _Popul
                 mask = w != 0
                 posts = np.broadcast_to((post.first_id + np.arange(r0, r1, dtype=np.int64))[:, None], w.shape)
                 yield np.broadcast_to(pre_ids[None, :], w.shape)[mask], posts[mask], w[mask]
-        return _Projection(post.name, [source.name], post, chunks, weight.size, max_abs, True)
+        return _Projection(post.name, [source.name], post, chunks, weight.size, max_abs, True,
+                           _connectivity("dense", ids, view, post))
+    connectivity = _connectivity("conv2d", ids, view, post, kernel_shape=list(weight.shape),
+                                 strides=list(layer.strides), pads=list(layer.pads),
+                                 dilations=list(layer.dilations), group=int(layer.group))
     return _Projection(post.name, [source.name], post, _conv_chunks(layer, weight, ids, post),
-                       int(weight[0].size * post.count), max_abs, True)
+                       int(weight[0].size * post.count), max_abs, True, connectivity)
 
 
 def _conv_chunks(layer: Conv2d, weight: np.ndarray, ids: np.ndarray, post: _Population):
-    """Synapse chunks of a convolution: blocks of output channels (within one group) x output rows."""
+    """Synapse chunks of a convolution: blocks of output channels (within one group) x output rows,
+    in post neuron order, each neuron's synapses in (input channel, kernel row, kernel column) order."""
     out_ch, in_per_group, kh, kw = weight.shape
     _, height, width = ids.shape
     _, out_h, out_w = post.shape
@@ -239,21 +264,26 @@ def _conv_chunks(layer: Conv2d, weight: np.ndarray, ids: np.ndarray, post: _Popu
     in_rows, in_cols = np.clip(in_rows, 0, height - 1), np.clip(in_cols, 0, width - 1)
     per_position = in_per_group * kh * kw
 
+    def gather(in_channels, r0, r1):
+        """(rows, out_w, in_per_group, kh, kw): the pre id and whether it lies inside the input."""
+        pre = ids[in_channels[None, None, :, None, None], in_rows[r0:r1, None, None, :, None],
+                  in_cols[None, :, None, None, :]]
+        return pre, row_ok[r0:r1, None, None, :, None] & col_ok[None, :, None, None, :]
+
     def chunks():
         per_row = out_w * per_position
         rows = max(1, min(out_h, CHUNK_SYNAPSES // max(1, per_row)))
         channels = max(1, min(per_group, CHUNK_SYNAPSES // max(1, rows * per_row)))
+        row_blocks = [(r0, min(out_h, r0 + rows)) for r0 in range(0, out_h, rows)]
         for g in range(layer.group):
             in_channels = np.arange(g * in_per_group, (g + 1) * in_per_group)
-            for r0 in range(0, out_h, rows):
-                r1 = min(out_h, r0 + rows)
-                # (rows, out_w, in_per_group, kh, kw): the pre id and whether it lies inside the input.
-                pre = ids[in_channels[None, None, :, None, None], in_rows[r0:r1, None, None, :, None],
-                          in_cols[None, :, None, None, :]]
-                inside = row_ok[r0:r1, None, None, :, None] & col_ok[None, :, None, None, :]
-                positions = (np.arange(r0, r1)[:, None] * out_w + np.arange(out_w)[None, :])     # (rows, out_w)
-                for c0 in range(g * per_group, (g + 1) * per_group, channels):
-                    c1 = min((g + 1) * per_group, c0 + channels)
+            # Channel blocks outside, row blocks inside: post ids ascend. One row block: gather it once.
+            whole = gather(in_channels, 0, out_h) if len(row_blocks) == 1 else None
+            for c0 in range(g * per_group, (g + 1) * per_group, channels):
+                c1 = min((g + 1) * per_group, c0 + channels)
+                for r0, r1 in row_blocks:
+                    pre, inside = whole or gather(in_channels, r0, r1)
+                    positions = (np.arange(r0, r1)[:, None] * out_w + np.arange(out_w)[None, :])  # (rows, out_w)
                     w = weight[c0:c1]                                       # (n, in_per_group, kh, kw)
                     shape = (c1 - c0, r1 - r0, out_w, in_per_group, kh, kw)
                     mask = inside[None] & (w != 0)[:, None, None]
@@ -265,11 +295,13 @@ def _conv_chunks(layer: Conv2d, weight: np.ndarray, ids: np.ndarray, post: _Popu
     return chunks
 
 
-def _pool_projection(layer: Pool2d, source: _Population, ids: np.ndarray, post: _Population) -> _Projection:
+def _pool_projection(layer: Pool2d, source: _Population, ids: np.ndarray, view: list[list],
+                     post: _Population) -> _Projection:
     channels, height, width = ids.shape
     _, out_h, out_w = post.shape
     (kh, kw), (sh, sw) = layer.kernel, layer.strides
-    top, left, _, _ = layer._padding(height, width)
+    padding = layer._padding(height, width)
+    top, left, _, _ = padding
     in_rows = np.arange(out_h)[:, None] * sh - top + np.arange(kh)[None, :]
     in_cols = np.arange(out_w)[:, None] * sw - left + np.arange(kw)[None, :]
     inside = (((in_rows >= 0) & (in_rows < height))[:, None, :, None]
@@ -294,7 +326,12 @@ def _pool_projection(layer: Pool2d, source: _Population, ids: np.ndarray, post: 
             mask = np.broadcast_to(inside[None], shape)
             yield (pre[mask], np.broadcast_to(posts.reshape(c1 - c0, out_h, out_w)[..., None, None], shape)[mask],
                    np.broadcast_to(weights[None, :, :, None, None], shape)[mask])
-    return _Projection(post.name, [source.name], post, chunks, channels * per_channel, float(weights.max()), False)
+    connectivity = _connectivity(layer.kind, ids, view, post, kernel_shape=[kh, kw], strides=[sh, sw],
+                                 pads=[int(p) for p in padding])
+    if isinstance(layer, AvgPool2d):
+        connectivity["count_include_pad"] = bool(layer.count_include_pad)
+    return _Projection(post.name, [source.name], post, chunks, channels * per_channel, float(weights.max()), False,
+                       connectivity)
 
 
 def _average_counts(layer: AvgPool2d, height: int, width: int) -> np.ndarray:
@@ -424,7 +461,7 @@ def write_netlist(network: Network, out_dir: Path | str, *, weight_bits: int | N
                 distinct = np.union1d(distinct, np.unique(weight))
             projection_headers.append({"name": projection.name, "pre": projection.pre, "post": projection.post.name,
                                        "synapse_offset": offset, "synapse_count": count,
-                                       "weight_scale": scale})
+                                       "weight_scale": scale, "connectivity": projection.connectivity})
             offset += count
             per_projection[projection.name] = count
             distinct_per_projection[projection.name] = int(len(distinct))

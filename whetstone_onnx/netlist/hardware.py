@@ -2,27 +2,32 @@
 
 Presets, with the public sources their numbers come from (figures a mapper could
 stretch, e.g. by splitting a neuron over several compartments, are taken as the
-plain per-neuron limits):
+plain per-neuron limits). What no source states is marked as an assumption.
 
 - ``LOIHI``: Intel Loihi. M. Davies et al., "Loihi: A Neuromorphic Manycore
   Processor with On-Chip Learning", IEEE Micro 38(1), 2018: 128 neuromorphic
-  cores per chip, up to 1,024 neural compartments per core, 4,096 input axons
-  (fan-in) per core; synaptic weights of up to 8 bits (plus sign, configurable
-  down to 1 bit).
+  cores per chip, up to 1,024 compartments per core (131,072 per chip).
+  Fan-in: 4,096 input axons per core (the NengoLoihi builder rejects more:
+  "Input axons ... exceeded max (4096)"), so no neuron hears more than 4,096
+  sources. Weights: a signed 8-bit mantissa (range
+  -256..254 in steps of 2 with mixed signs, times 2^(6 + exponent) per synapse
+  group; Lava-dl netx takes "standard 8 bit signed" weights): 2^8 levels. A
+  core's synaptic memory (1 Mbit) also bounds synapses; not checked here.
 - ``TRUENORTH``: IBM TrueNorth. P. A. Merolla et al., "A million spiking-neuron
   integrated circuit with a scalable communication network and interface",
-  Science 345(6197), 2014: 4,096 cores, each a crossbar of 256 axons x 256
-  neurons with binary synapses; a neuron weighs an axon by one of 4 signed
-  integers chosen by the axon's type, so at most 4 distinct weights per neuron
-  (2 bits) and a fan-in of 256.
-- ``SPINNAKER2``: SpiNNaker 2. SpiNNaker2 datasheet v0.03 (2021) and C. Mayr,
-  S. Hoeppner, S. Furber, "SpiNNaker 2: A 10 Million Core Processor System for
-  Brain Simulation and Machine Learning", arXiv:1911.02385 (2019): 152 ARM
-  Cortex-M4F processing elements per chip with 128 KB local SRAM each. Neurons
-  per core and fan-in are set by software, not silicon: 256 neurons per core
-  is the SpiNNaker software's usual partition and 16-bit fixed-point weights
-  its usual synapse format (assumptions, not chip limits); fan-in is left
-  unlimited (bounded by memory).
+  Science 345(6197), 2014 (and its supplementary text): 4,096 cores, each a
+  crossbar of 256 axons x 256 neurons with binary synapses; a neuron weighs an
+  axon by one of 4 signed integers chosen by the axon's type, so at most 4
+  distinct weights per neuron (2 bits) and a fan-in of 256.
+- ``SPINNAKER2``: SpiNNaker 2. H. A. Gonzalez et al., "SpiNNaker2: A Large-Scale
+  Neuromorphic System for Event-Based and Asynchronous Machine Learning",
+  arXiv:2401.04491 (2024): 152 ARM Cortex-M4F processing elements per chip;
+  S. Hoeppner et al., "The SpiNNaker 2 Processing Element Architecture for
+  Hybrid Digital Neuromorphic Computing", arXiv:2103.08392 (2021): 128 KB local
+  SRAM per element. Neurons per core and fan-in are set by software,
+  not silicon: 256 neurons per core is the SpiNNaker software's usual partition
+  and 16-bit fixed-point weights its usual synapse format (assumptions, not
+  chip limits); fan-in is left unlimited (bounded by memory).
 """
 from __future__ import annotations
 
@@ -43,12 +48,13 @@ class HardwareLimits:
 
 
 LOIHI = HardwareLimits("Intel Loihi", max_fan_in=4096, weight_bits=8, neurons_per_core=1024, max_cores=128,
-                       source="Davies et al., IEEE Micro 38(1), 2018")
+                       source="Davies et al., IEEE Micro 38(1), 2018; fan-in: NengoLoihi's 4,096 input axons "
+                              "per core; weights: 8-bit signed mantissa")
 TRUENORTH = HardwareLimits("IBM TrueNorth", max_fan_in=256, weight_bits=2, neurons_per_core=256, max_cores=4096,
                            source="Merolla et al., Science 345(6197), 2014")
 SPINNAKER2 = HardwareLimits("SpiNNaker 2", max_fan_in=None, weight_bits=16, neurons_per_core=256, max_cores=152,
-                            source="SpiNNaker2 datasheet v0.03 (2021); Mayr, Hoeppner, Furber, arXiv:1911.02385; "
-                                   "neurons per core and weight bits are software conventions")
+                            source="Gonzalez et al., arXiv:2401.04491, 2024 (152 cores); neurons per core and "
+                                   "weight bits are software conventions")
 PRESETS = {"loihi": LOIHI, "truenorth": TRUENORTH, "spinnaker2": SPINNAKER2}
 
 

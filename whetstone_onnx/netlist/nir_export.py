@@ -14,7 +14,10 @@ The LIF importers want one threshold per layer (snnTorch asserts it), so the
 ``portable`` and ``cuba`` profiles give the units of a layer with per-neuron
 thresholds the threshold 1 and move the per-neuron part into the bias of the
 Affine / Conv2d before it (bias = 1 - threshold); ``semantic`` keeps per-neuron
-thresholds and zero biases.
+thresholds and zero biases. A Conv2d bias is one value per channel: thresholds
+that vary with the position too (a batch norm folded into a zero-padded
+convolution, passes/spiking.py) stay per-neuron v_threshold arrays, which NIR
+allows but snnTorch's importer refuses; the metadata lists those nodes.
 Max pooling has no NIR node: on binary spikes it is an OR of the window, written
 as SumPool2d followed by a unit firing on a sum > 0.5 (exact). The N-hot key goes
 into the graph metadata so a reader can decode the output spikes.
@@ -57,9 +60,9 @@ class NirBuilder:
         """A layer of units firing when their input >= ``threshold`` (broadcast to ``shape``)."""
         import nir
         threshold = np.broadcast_to(np.asarray(threshold, np.float32), shape).astype(np.float32)
-        if self.profile != "semantic" and np.unique(threshold).size > 1:
-            self._move_threshold_into_bias(name, threshold)
-            threshold = np.full(shape, UNIFORM_THRESHOLD, np.float32)
+        per_neuron = self.profile != "semantic" and np.unique(threshold).size > 1
+        if per_neuron and self._move_threshold_into_bias(threshold):
+            threshold, per_neuron = np.full(shape, UNIFORM_THRESHOLD, np.float32), False
         strict = np.nextafter(threshold, np.float32(-np.inf))
         ones, zeros = np.ones(shape, np.float32), np.zeros(shape, np.float32)
         tau = np.full(shape, self.dt, np.float32)
@@ -70,11 +73,15 @@ class NirBuilder:
         else:
             node = nir.CubaLIF(tau_syn=tau, tau_mem=tau, r=ones, v_leak=zeros, v_threshold=strict,
                                v_reset=zeros, w_in=ones)
+        node_name = self.add(name, node)
         # Which network layer each spiking node is, so checks can compare layer by layer.
-        self.metadata.setdefault("spiking_layers", {})[self.add(name, node)] = name
+        self.metadata.setdefault("spiking_layers", {})[node_name] = name
+        if per_neuron:
+            self.metadata.setdefault("per_neuron_thresholds", []).append(node_name)
 
-    def _move_threshold_into_bias(self, name: str, threshold: np.ndarray) -> None:
-        """v >= t  <=>  v + (1 - t) >= 1: the preceding Affine / Conv2d takes 1 - t as its bias."""
+    def _move_threshold_into_bias(self, threshold: np.ndarray) -> bool:
+        """v >= t  <=>  v + (1 - t) >= 1: the preceding Affine / Conv2d takes 1 - t as its bias,
+        where its bias can hold t (an Affine's per neuron, a Conv2d's per channel). Moved or not."""
         import nir
         previous = self.nodes.get(self.last)
         if isinstance(previous, nir.Affine) and not np.any(previous.bias):
@@ -83,8 +90,8 @@ class NirBuilder:
                 np.all(threshold == threshold[:, :1, :1]):
             previous.bias = (UNIFORM_THRESHOLD - threshold[:, 0, 0]).astype(np.float32)
         else:
-            raise InputError(f"layer '{name}': per-neuron thresholds cannot be moved into a bias for the "
-                             f"{self.profile!r} NIR profile (use --nir-profile semantic)")
+            return False
+        return True
 
     def _unique(self, name: str) -> str:
         candidate, k = name, 1
@@ -103,7 +110,8 @@ def to_nir(network: Network, *, profile: str = "portable", dt: float = DEFAULT_D
         "threshold_rule": "units fire on v > threshold; thresholds are nextafter(t, -inf) of the "
                           "Whetstone threshold t (fires on v >= t), equal decisions for float32 v",
         "threshold_placement": "per neuron" if profile == "semantic" else
-                               f"uniform {float(UNIFORM_THRESHOLD)}; per-neuron part in the synaptic layer's bias"})
+                               f"uniform {float(UNIFORM_THRESHOLD)}; per-neuron part in the synaptic layer's bias, "
+                               "except in the nodes listed in per_neuron_thresholds"})
     shape = network.input_shape
     for layer in network.layers:
         # A layer returns its NIR output shape only when it differs from its own (the decode).

@@ -42,7 +42,7 @@ def simulate(graph, x: np.ndarray, dt: float | None = None, *, forced: dict[str,
             conv = Conv2d(name, node.weight.astype(np.float32), node.bias.astype(np.float32),
                           tuple(np.broadcast_to(node.stride, (2,)).tolist()), (*padding, *padding),
                           tuple(np.broadcast_to(node.dilation, (2,)).tolist()), int(node.groups))
-            h = conv.forward(h.astype(np.float64)).astype(np.float32)
+            h = conv.forward(h).astype(np.float32)      # forward sums in float64 whatever comes in
         elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
             padding = tuple(np.asarray(node.padding).tolist())
             pool_args = (name, tuple(np.asarray(node.kernel_size).tolist()), tuple(np.asarray(node.stride).tolist()),

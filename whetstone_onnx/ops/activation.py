@@ -101,6 +101,9 @@ class Sharpenable(Layer):
         layer_class = BoundedRelu if self.function == "bounded_relu" else SharpSigmoid
         builder.apply(layer_class(self.sharpness, name=builder.name(self.name)), owner=self)
 
+    def from_keras(self, keras_layer) -> None:
+        self.sharpness = keras_layer.get_sharpness()
+
     def describe(self):
         return {**super().describe(), "op_type": self.op_type, "sharpness": self.sharpness, "replaces": self.source}
 

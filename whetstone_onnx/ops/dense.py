@@ -41,6 +41,9 @@ class Dense(LinearLayer):
         builder.apply(keras.layers.Dense(self.out_channels, use_bias=self.bias is not None,
                                          name=builder.name(self.name)), owner=self, weights=weights)
 
+    def scale_input_elements(self, scale) -> None:
+        self.weight = (self.weight.astype(np.float64) * np.reshape(scale, (1, -1))).astype(np.float32)
+
     def from_keras(self, keras_layer) -> None:
         weights = keras_layer.get_weights()
         self.weight = np.ascontiguousarray(weights[0].T, dtype=np.float32)

@@ -12,6 +12,8 @@ from ..errors import UnsupportedModelError
 from ..network import Layer, OnnxBuilder
 from .registry import LiftContext, lifts
 
+REDUCE_LIMIT = 1 << 16      # input values pooled at a time by the NumPy reference (512 KiB of float64: measured best)
+
 
 @dataclass(eq=False)
 class Pool2d(Layer):
@@ -49,15 +51,24 @@ class Pool2d(Layer):
     def _reduce(self, x: np.ndarray, fill: float, reduce) -> np.ndarray:
         """Fold ``reduce`` (np.maximum, np.add) over the windows of x padded with ``fill``."""
         out_h, out_w = self._sizes(*x.shape[2:])
-        top, left, bottom, right = self._padding(*x.shape[2:])
+        padding = self._padding(*x.shape[2:])
+        top, left, bottom, right = padding
         (kh, kw), (sh, sw) = self.kernel, self.strides
-        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=fill)
-        # One strided slice per kernel offset: far faster than reducing a window view.
-        result = None
-        for i in range(kh):
-            for j in range(kw):
-                part = padded[:, :, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
-                result = part.copy() if result is None else reduce(result, part)
+        result = np.empty((*x.shape[:2], out_h, out_w), x.dtype)
+        # One strided slice per kernel offset, folded in place: far faster than reducing a window
+        # view. A few samples at a time, so the running result stays in cache.
+        step = max(1, REDUCE_LIMIT // max(1, math.prod(x.shape[1:])))
+        for start in range(0, len(x), step):
+            block, out = x[start:start + step], result[start:start + step]
+            if any(padding):
+                block = np.pad(block, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=fill)
+            for i in range(kh):
+                for j in range(kw):
+                    part = block[:, :, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
+                    if i == j == 0:
+                        np.copyto(out, part)
+                    else:
+                        reduce(out, part, out=out)
         return result
 
     def _attributes(self) -> dict:

@@ -8,14 +8,16 @@ the same kind of map. Each is folded, in float64:
   * forward into the Gemm / Conv that reads its output (W * s on the input axis,
     b + W . t), also through a flattening Reshape, but only into a Conv without
     zero padding: padding would add zeros where the map would have put t.
-Maps that fit neither stay in the graph and are reported as unsupported.
+Maps that fit neither stay BatchNormalization nodes (a Mul / Add / Sub / Div
+becomes one, merged into the batch norm before it), which the op family
+ops/batchnorm.py lifts; the step network folds them (passes/spiking.py).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
-from .graph import add_initializer, bypass, const_array, only_consumer, per_channel, static_shape
+from .graph import add_initializer, bypass, const_array, only_consumer, per_channel, replace_node, static_shape
 
 SCALE_SHIFT_OPS = ("Mul", "Add", "Sub", "Div")
 
@@ -30,21 +32,68 @@ def fold_batchnorm(model: ir.Model) -> int:
 
 
 def fold_scale_shift(model: ir.Model) -> int:
-    count = 0
-    for node in list(model.graph):
-        if node.op_type in SCALE_SHIFT_OPS and node.graph is not None:
-            affine = _constant_affine(node)
-            count += affine is not None and _fold(model.graph, node, *affine)
+    # Until nothing folds: folding one node can open the way for its neighbour (the Add of
+    # a Mul + Add pair before a dense layer folds forward first, then the Mul can).
+    total, count = 0, None
+    while count != 0:
+        count = 0
+        for node in list(model.graph):
+            if node.op_type in SCALE_SHIFT_OPS and node.graph is not None:
+                affine = _constant_affine(node)
+                count += affine is not None and _fold(model.graph, node, *affine)
+        total += count
+    return total
+
+
+def batchnorm_from_scale_shift(model: ir.Model) -> int:
+    """Each constant per-channel Mul / Add / Sub / Div left after folding becomes a
+    BatchNormalization computing x * s + t exactly (gamma s, beta t, mean 0, variance 1,
+    epsilon 0), or is merged into the BatchNormalization it only reads (gamma s, beta s + t):
+    the Mul + Add pair Keras writes for a batch norm becomes one layer."""
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.op_type not in SCALE_SHIFT_OPS or node.graph is None:
+            continue
+        affine = _constant_affine(node)
+        if affine is None:
+            continue
+        data, scale, shift = affine
+        producer = data.producer()
+        params = _batchnorm_params(producer) if producer is not None and \
+            producer.op_type == "BatchNormalization" and only_consumer(data) is node else None
+        if params is not None:
+            gamma, beta, mean, var = params
+            _set_batchnorm_params(graph, producer, gamma * scale, beta * scale + shift, mean, var)
+            bypass(graph, node, data)
+        else:
+            zeros, ones = np.zeros_like(scale), np.ones_like(scale)
+            batchnorm = ir.Node("", "BatchNormalization", [data], attributes=[ir.AttrFloat32("epsilon", 0.0)],
+                                name=node.name)
+            replace_node(graph, node, batchnorm)
+            _set_batchnorm_params(graph, batchnorm, scale, shift, zeros, ones)
+        count += 1
     return count
 
 
-def _batchnorm_affine(node: ir.Node) -> tuple[ir.Value, np.ndarray, np.ndarray] | None:
+def _batchnorm_params(node: ir.Node) -> list[np.ndarray] | None:
+    """(gamma, beta, mean, var) in float64, or None if one is not a constant or the training outputs are read."""
     if len(node.outputs) > 1 and any(out.uses() for out in node.outputs[1:]):
-        return None  # training-mode outputs are read
-    params = [const_array(v) for v in node.inputs[1:5]]
-    if any(p is None for p in params):
         return None
-    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+    params = [const_array(v) for v in node.inputs[1:5]]
+    return None if any(p is None for p in params) else [p.astype(np.float64) for p in params]
+
+
+def _set_batchnorm_params(graph: ir.Graph, node: ir.Node, *params: np.ndarray) -> None:
+    node.resize_inputs(5)
+    for index, (part, values) in enumerate(zip(("gamma", "beta", "mean", "var"), params), start=1):
+        node.replace_input_with(index, add_initializer(graph, f"{node.name}.{part}", values.astype(np.float32)))
+
+
+def _batchnorm_affine(node: ir.Node) -> tuple[ir.Value, np.ndarray, np.ndarray] | None:
+    params = _batchnorm_params(node)
+    if params is None:
+        return None
+    gamma, beta, mean, var = params
     epsilon = node.attributes.get_float("epsilon", 1e-5)
     scale = gamma / np.sqrt(var + np.float64(np.float32(epsilon)))
     return node.inputs[0], scale, beta - mean * scale

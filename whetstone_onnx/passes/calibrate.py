@@ -1,10 +1,11 @@
 """Data-driven scale calibration of unbounded (ReLU) units.
 
 A bounded ReLU saturates at 1, a ReLU does not. Dividing a layer's weights and
-bias by a high percentile p of its positive pre-activations (and multiplying
-the next linear layer's weights by p, which is exact because ReLU is
-positively homogeneous) makes the bounded unit at sharpness 0 reproduce the
-original on all but the top (100 - percentile) % of activations.
+bias by a high percentile p of its positive pre-activations (and giving p back
+to the next linear layer's weights or batch norm's statistics, which is exact
+because ReLU is positively homogeneous) makes the bounded unit at
+sharpness 0 reproduce the original on all but the top (100 - percentile) % of
+activations.
 
 The same p sets where the fully sharpened unit fires (at p / 2), so the
 percentile trades faithfulness at sharpness 0 against spiking accuracy before
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..network import LinearLayer, Network
+from ..network import Network
 from ..ops.activation import Sharpenable
-from .activations import COMMUTING_LAYERS
+from .activations import compensate_output_scale
 
 DEFAULT_PERCENTILE = 95.0
 
@@ -42,9 +43,7 @@ def calibrate_scales(network: Network, samples: np.ndarray, percentile: float = 
             if scale > 0.0:
                 network.layers[i - 1].scale_outputs(1.0 / scale)
                 h = h / scale
-                following = network.neighbour(i, +1, (LinearLayer,), through=COMMUTING_LAYERS)
-                if following is not None:
-                    following.scale_inputs(scale)
+                compensate_output_scale(network, i, scale)
                 count += 1
         h = layer.forward(h)
     return Calibration(count, h)

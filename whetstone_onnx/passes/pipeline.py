@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from ..ops import LIFTERS
-from .batchnorm import SCALE_SHIFT_OPS, fold_batchnorm, fold_scale_shift
+from .batchnorm import SCALE_SHIFT_OPS, batchnorm_from_scale_shift, fold_batchnorm, fold_scale_shift
 from .cleanup import PASS_THROUGH_OPS, fold_constants, lift_constants, pin_batch, remove_dead_nodes, \
     remove_pass_through
 from .layout import fold_layout_transpose
@@ -27,9 +27,12 @@ ONNX_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("remove_dead_nodes", remove_dead_nodes),
     ("remove_output_softmax", remove_output_softmax),
     ("canonicalise_linear", canonicalise_linear),
+    # Before the batch-norm folds: a batch norm before Keras' Transpose + flatten can then
+    # fold forward into the dense layer.
+    ("fold_layout_transpose", fold_layout_transpose),
     ("fold_batchnorm", fold_batchnorm),
     ("fold_scale_shift", fold_scale_shift),
-    ("fold_layout_transpose", fold_layout_transpose),
+    ("batchnorm_from_scale_shift", batchnorm_from_scale_shift),
     ("remove_dead_nodes_final", remove_dead_nodes),
 ]
 
