@@ -29,7 +29,7 @@ def test_snntorch_reproduces_the_output_spikes_of_the_dense_mnist_model(tmp_path
     layers = result.spiking_network.layers
     code = next(layer for layer in reversed(layers) if isinstance(layer, Spike))
     onnx_spikes = runtime.run(runtime.with_outputs(result.spiking_model, [code.name]), x)[code.name]
-    assert spikes.shape == onnx_spikes.shape == (2000, 100)
+    assert spikes.shape == onnx_spikes.shape == (2000, 200)
     mismatched = spikes != onnx_spikes
     # Any difference must be a float tie: the potential within 1e-5 (relative) of the threshold.
     potential = result.spiking_network.forward(x, all_layers=True)[layers.index(code) - 1]

@@ -80,7 +80,7 @@ def test_sample_zoo_reports_every_status(sample_run):
         assert (directory / "zoo.json").is_file()
         assert (directory / "report.json").is_file() == (status == "ok")
     dense = records["digits_dense"]
-    assert dense["passed"] and dense["accuracy"]["spiking"] > 0.8 and dense["netlist"]["neurons"] == 356
+    assert dense["passed"] and dense["accuracy"]["spiking"] > 0.8 and dense["netlist"]["neurons"] == 456
     assert records["mnist_conv"]["accuracy"] is None and records["mnist_conv"]["netlist"]["synapses"] > 10 ** 6
     report = json.loads((out / "torchstyle_digits_conv" / "report.json").read_text())
     assert report["options"]["normalize"] == [0.5, 0.5] and report["finetune"]["performed"] is False

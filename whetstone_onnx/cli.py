@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the model expects (x - MEAN) / STD of the data's [0, 1] pixels")
     convert.add_argument("--output", choices=("nhot", "readout"), default="nhot",
                          help="spiking N-hot code (default) or a float readout of the last layer")
-    convert.add_argument("--key-width", type=int, metavar="K", help="N-hot code width (default 10 x classes)")
+    convert.add_argument("--key-width", type=int, metavar="K", help="N-hot code width (default 20 x classes)")
     convert.add_argument("--percentile", type=float, default=api.DEFAULT_PERCENTILE, metavar="P",
                          help="calibration: each ReLU layer is scaled by the P-th percentile of its positive "
                               f"activations (default {api.DEFAULT_PERCENTILE:g})")
