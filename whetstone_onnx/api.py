@@ -82,6 +82,7 @@ def inspect(model: ModelInput) -> InspectResult:
         return result
     try:
         network = _float_network(loaded)[0]
+        activations_before_pooling(network)     # as convert does, so both build the same layers
         replace_activations(network)
     except UnsupportedModelError as exc:
         result.problem = exc.message
