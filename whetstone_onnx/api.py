@@ -186,7 +186,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     else:
         with clock("finetune"):
             tuned = run_finetune(sharpenable, train, dataset.y_train, test, dataset.y_test, finetune_options,
-                                 output=output, progress=progress)
+                                 progress=progress)
         trained = tuned.network
         finetune_report.update(performed=True, options=asdict(tuned.options),
                                reached_full_sharpness=tuned.reached_full_sharpness, history=tuned.history)

@@ -85,7 +85,6 @@ class FinetuneOptions:
         if self.shift is not None and self.shift < 0:
             raise InputError(f"--shift {self.shift}: must be >= 0")
 
-
     def resolved(self, sample_shape: tuple[int, ...]) -> FinetuneOptions:
         """These options with ``shift`` decided for inputs of ``sample_shape``."""
         image = len(sample_shape) == 3
@@ -95,7 +94,6 @@ class FinetuneOptions:
                                  f"{tuple(sample_shape)}")
             return self
         return replace(self, shift=1 if image and sorted(sample_shape)[1] >= MIN_SHIFTED_SIDE else 0)
-
 
 
 @dataclass
@@ -108,7 +106,7 @@ class FinetuneResult:
 
 
 def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
-             y_eval: np.ndarray, options: FinetuneOptions, *, output: str, progress: bool = False) -> FinetuneResult:
+             y_eval: np.ndarray, options: FinetuneOptions, *, progress: bool = False) -> FinetuneResult:
     options.validate()
     options = options.resolved(x_train.shape[1:])
     import keras

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..network import Network
+from ..ops.batchnorm import batchnorm_affine
 
 
 class KerasBuilder:
@@ -103,10 +104,8 @@ def write_back(network: Network, built: KerasModel) -> None:
             continue
         layer.from_keras(built.model.get_layer(name))
         if id(layer) in built.batchnorm_names:
-            gamma, beta, mean, variance = built.model.get_layer(built.batchnorm_names[id(layer)]).get_weights()
-            epsilon = built.model.get_layer(built.batchnorm_names[id(layer)]).epsilon
-            scale = gamma.astype(np.float64) / np.sqrt(variance.astype(np.float64) + epsilon)
-            layer.scale_outputs(scale, beta - mean * scale)
+            batchnorm = built.model.get_layer(built.batchnorm_names[id(layer)])
+            layer.scale_outputs(*batchnorm_affine(*batchnorm.get_weights(), batchnorm.epsilon))
 
 
 def _clean(name: str) -> str:

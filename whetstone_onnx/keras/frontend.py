@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..network import LinearLayer, Network
 from ..ops.activation import Activation, Sharpenable
-from ..ops.batchnorm import BatchNorm
+from ..ops.batchnorm import BatchNorm, batchnorm_affine
 from ..ops.conv import Conv2d
 from ..ops.decode import NHotDecode
 from ..ops.dense import Dense
@@ -115,9 +115,7 @@ def _activation(network: Network, layer) -> None:
 
 
 def _fold_batchnorm(linear: LinearLayer, layer) -> None:
-    gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in _batchnorm_weights(layer))
-    scale = gamma / np.sqrt(variance + layer.epsilon)
-    linear.scale_outputs(scale, beta - mean * scale)
+    linear.scale_outputs(*batchnorm_affine(*_batchnorm_weights(layer), layer.epsilon))
 
 
 def _batchnorm_weights(layer) -> list[np.ndarray]:

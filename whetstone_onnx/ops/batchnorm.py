@@ -18,6 +18,14 @@ from ..network import Layer, OnnxBuilder
 from .registry import LiftContext, lifts
 
 
+def batchnorm_affine(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) in float64 with gamma (x - mean) / sqrt(var + epsilon) + beta = x * scale + shift:
+    the one formula every batch-norm fold uses (ONNX passes, Keras front end and write-back, step network)."""
+    gamma, beta, mean, var = (np.asarray(p, np.float64) for p in (gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + epsilon)
+    return scale, beta - mean * scale
+
+
 @dataclass(eq=False)
 class BatchNorm(Layer):
     name: str
@@ -35,8 +43,7 @@ class BatchNorm(Layer):
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, shift) per channel in float64: y = x * scale + shift."""
-        scale = self.gamma.astype(np.float64) / np.sqrt(self.var.astype(np.float64) + self.epsilon)
-        return scale, self.beta.astype(np.float64) - self.mean.astype(np.float64) * scale
+        return batchnorm_affine(self.gamma, self.beta, self.mean, self.var, self.epsilon)
 
     def per_element(self, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Per-channel ``values`` spread over a per-sample tensor of ``shape`` (channel axis first)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from ..ops.batchnorm import batchnorm_affine
 from .graph import add_initializer, bypass, const_array, only_consumer, per_channel, replace_node, static_shape
 
 SCALE_SHIFT_OPS = ("Mul", "Add", "Sub", "Div")
@@ -93,10 +94,8 @@ def _batchnorm_affine(node: ir.Node) -> tuple[ir.Value, np.ndarray, np.ndarray] 
     params = _batchnorm_params(node)
     if params is None:
         return None
-    gamma, beta, mean, var = params
     epsilon = node.attributes.get_float("epsilon", 1e-5)
-    scale = gamma / np.sqrt(var + np.float64(np.float32(epsilon)))
-    return node.inputs[0], scale, beta - mean * scale
+    return node.inputs[0], *batchnorm_affine(*params, np.float64(np.float32(epsilon)))
 
 
 def _constant_affine(node: ir.Node) -> tuple[ir.Value, np.ndarray, np.ndarray] | None:
