@@ -15,7 +15,6 @@ from whetstone_onnx.emit import to_onnx
 from whetstone_onnx.errors import UnsupportedModelError
 from whetstone_onnx.keras import BoundedRelu, FrozenBatchNormalization, SoftmaxDecode
 from whetstone_onnx.keras.build import build_keras, write_back
-from whetstone_onnx.keras.frontend import network_from_keras
 from whetstone_onnx.lift import lift
 from whetstone_onnx.load import load_model
 from whetstone_onnx.netlist.nir_export import to_nir
@@ -330,10 +329,9 @@ def test_keras_model_with_batchnorm_after_activations_exports_spiking(rng):
     for layer in model.layers:
         if isinstance(layer, L.BatchNormalization):
             layer.set_weights([rng.uniform(0.5, 2, w.shape).astype(np.float32) for w in layer.get_weights()])
-    network = network_from_keras(model)
-    assert [layer.kind for layer in network.layers].count("batchnorm") == 2
     x = rng.uniform(0, 1, (200, 6, 6, 2)).astype(np.float32)
     result = api.export_keras(model)
+    assert [layer.kind for layer in result.sharpenable_network.layers].count("batchnorm") == 2
     assert result.passed and not any(isinstance(layer, BatchNorm) for layer in result.spiking_network.layers)
     keras_classes = model.predict(x, verbose=0).argmax(1)
     assert np.mean(keras_classes == runtime.predict(result.spiking_model, x).argmax(1)) >= 0.99

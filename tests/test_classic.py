@@ -10,8 +10,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from conftest import MODELS  # noqa: E402
 from whetstone_onnx import api  # noqa: E402
 from whetstone_onnx.data import load_dataset  # noqa: E402
+from whetstone_onnx.keras import BoundedRelu, SoftmaxDecode, key_generator  # noqa: E402
 
 
 def test_classic_usage_trains_sharpens_and_exports(tmp_path):
@@ -40,7 +42,7 @@ def test_classic_usage_trains_sharpens_and_exports(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["passed"] and report["equivalence"]["spiking"]["unexplained"] == 0
     assert report["equivalence"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
-    assert result.accuracy["spiking"] == pytest.approx(result.accuracy["keras"], abs=1e-9)
+    assert result.accuracy["spiking"] == pytest.approx(result.accuracy["original"], abs=1e-9)
     assert result.accuracy["spiking"] >= 0.85
     spiking = onnx.load(tmp_path / "spiking.onnx")
     onnx.checker.check_model(spiking, full_check=True)
@@ -50,8 +52,6 @@ def test_classic_usage_trains_sharpens_and_exports(tmp_path):
 
 
 def test_keras_conv_model_with_batchnorm_exports_with_layouts_handled(tmp_path):
-    from whetstone_onnx.keras import BoundedRelu, SoftmaxDecode
-
     keras.utils.set_random_seed(1)
     layers = keras.layers
     model = keras.Sequential([keras.Input((8, 8, 1)), layers.Conv2D(6, 3, padding="same"),
@@ -63,4 +63,50 @@ def test_keras_conv_model_with_batchnorm_exports_with_layouts_handled(tmp_path):
     result = api.export_keras(model, data="digits")
     assert result.passed
     assert result.report["equivalence"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
-    assert result.accuracy["spiking"] == pytest.approx(result.accuracy["keras"], abs=1e-9)
+    assert result.accuracy["spiking"] == pytest.approx(result.accuracy["original"], abs=1e-9)
+
+
+def _exported(model, path, input_shape):
+    model(np.zeros((1, *input_shape), np.float32))
+    model.export(str(path), format="onnx", verbose=False)
+    return path
+
+
+@pytest.mark.parametrize("sharpness", [0.0, 0.37, 1.0])
+def test_keras_export_of_whetstone_layers_lifts_to_the_units_it_was_built_from(tmp_path, sharpness):
+    # model.export writes each layer's formula with its sharpness frozen in (a Cast of a
+    # GreaterOrEqual at 1, a clipped ramp or sigmoid below): the converter recognises them.
+    from whetstone_onnx.keras import SharpSigmoid
+
+    keras.utils.set_random_seed(2)
+    key = key_generator(10, 40, overlapping=False)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), BoundedRelu(sharpness),
+                              keras.layers.Dense(24), SharpSigmoid(sharpness), keras.layers.Dense(40),
+                              BoundedRelu(sharpness), SoftmaxDecode(key)])
+    path = _exported(model, tmp_path / "whetstone.onnx", (64,))
+    info = api.inspect(path)
+    assert info.supported and not info.unsupported and all(op["supported"] for op in info.ops.values())
+    result = api.convert(path, data="digits", finetune=False, netlist=False)
+    units = [layer for layer in result.sharpenable_network.layers if layer.kind == "sharpenable"]
+    assert [u.function for u in units] == ["bounded_relu", "sharp_sigmoid", "bounded_relu"]
+    assert [u.sharpness for u in units] == pytest.approx([sharpness] * 3, abs=1e-6)
+    np.testing.assert_array_equal(result.sharpenable_network.layers[-1].key, key)
+    assert result.report["passes"]["onnx"]["recognise_whetstone_layers"] == 4
+    assert result.report["equivalence"]["float"]["passed"]           # the rebuilt graph computes the export's function
+    assert result.report["equivalence"]["float"]["class_agreement"] == 1.0
+    assert result.passed
+
+
+def test_a_sharpenable_graph_the_converter_wrote_converts_again_to_the_same_spiking_network(tmp_path):
+    first = api.convert(MODELS / "digits_dense.onnx", tmp_path / "first", data="digits",
+                        finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=1), netlist=False)
+    again = api.convert(tmp_path / "first" / "sharpenable.onnx", tmp_path / "again", data="digits", finetune=False,
+                        netlist=False)
+    assert again.report["passes"]["network"]["calibrate_scales"] == 0          # already Whetstone units
+    assert again.report["passes"]["network"]["make_output_stage"] == 0         # its own decode is kept
+    for ours, theirs in zip(first.spiking_network.layers, again.spiking_network.layers):
+        assert ours.kind == theirs.kind
+        for part in ("weight", "bias", "threshold", "key"):
+            if getattr(ours, part, None) is not None:
+                np.testing.assert_array_equal(getattr(ours, part), getattr(theirs, part))
+    assert again.accuracy["spiking"] == first.accuracy["spiking"]

@@ -28,9 +28,8 @@ from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
 from .passes.activations import activations_before_pooling, replace_activations
 from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
-from .passes.output import OUTPUT_NORMALISERS
 from .passes.output_stage import OUTPUT_MODES, make_output_stage
-from .passes.pipeline import run_onnx_passes, supported_op_types, unsupported_message, unsupported_nodes
+from .passes.pipeline import run_onnx_passes, unsupported_message, unsupported_nodes
 from .passes.spiking import to_step_network
 from .plot import training_plot
 from .report import SCHEMA, SCHEMA_VERSION, accuracy_table, package_versions
@@ -74,10 +73,11 @@ def inspect(model: ModelInput) -> InspectResult:
     """What the model holds, what is supported, and the spiking layers the converter would build."""
     loaded = load_model(model)
     counts = Counter(node.op_type for node in loaded.model.graph.node)
-    supported = supported_op_types()
+    unsupported = unsupported_nodes(loaded.model)
+    refused = {op_type for op_type, _ in unsupported}
     result = InspectResult(loaded.source, loaded.original_opset,
-                           {op: {"count": n, "supported": op in supported} for op, n in sorted(counts.items())},
-                           unsupported_nodes(loaded.model))
+                           {op: {"count": n, "supported": op not in refused} for op, n in sorted(counts.items())},
+                           unsupported)
     if result.unsupported:
         return result
     try:
@@ -176,6 +176,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
                                                    seed=seed),
         })
         initial_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded.source, loaded.sha256))
+        # Per layer: 0 for a converted model; a Whetstone Keras model's export keeps the sharpness it had.
+        start_sharpness = [layer.sharpness for layer in sharpenable.layers if isinstance(layer, Sharpenable)]
         agreement = check.class_agreement(loaded.model, initial_model, test)
     finetune_report: dict = {"requested": bool(finetune), "performed": False}
     trained, tuned = sharpenable, None
@@ -244,7 +246,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         "accuracy": accuracy,
         "equivalence": {
             "float": asdict(float_check),
-            "sharpenable": {"samples": len(test), "sharpness": 0.0, "class_agreement": agreement},
+            "sharpenable": {"samples": len(test), "sharpness": start_sharpness, "class_agreement": agreement},
             "spiking": spike_check.to_dict(),
             "nir": None if nir_check is None else nir_check.to_dict(),
             "netlist": None if netlist_check is None else netlist_check.to_dict(),
@@ -275,49 +277,36 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
 
 
 def export_keras(model, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
-                 normalize: tuple[float, float] | None = None, seed: int = 0) -> ConversionResult:
+                 normalize: tuple[float, float] | None = None, seed: int = 0, **options) -> ConversionResult:
     """A Keras model built with ``whetstone_onnx.keras`` layers (e.g. in the classic
-    Whetstone style) -> the same sharpenable / spiking artifacts and checks as ``convert``.
+    Whetstone style) -> the same artifacts and checks as ``convert``.
 
-    The spiking graph uses every layer at sharpness 1, whatever the Keras model's
-    current sharpness; the report records the sharpness it had.
+    The model goes through Keras' own ``model.export(format="onnx")`` and that graph
+    is converted as it is, without fine-tuning (``options``: ``convert``'s output
+    options). The spiking graph has every layer at sharpness 1, whatever sharpness
+    the Keras model reached (the report keeps it); the report adds how often the
+    Keras model at sharpness 1 predicts the class ``spiking.onnx`` does.
     """
-    from .keras.frontend import network_from_keras
+    import keras
 
-    trained = network_from_keras(model)
     dataset = load_dataset(data) if isinstance(data, str) else data
-    _, test, _ = _inputs(dataset, trained, normalize, seed)
-    sharpenable_model, spiking, spiking_model = _emit(trained, f"whetstone_onnx graph of Keras model '{model.name}'")
-    spike_check = check.check_spiking(spiking, test)
+    with tempfile.TemporaryDirectory(prefix="whetstone_keras_") as scratch:
+        exported = Path(scratch) / f"{model.name}.onnx"
+        if not model._called:          # the check Keras' export makes: it exports called models only
+            model(keras.ops.zeros((1, *model.inputs[0].shape[1:])))
+        model.export(str(exported), format="onnx", verbose=False)
+        result = convert(exported, out_dir, data=dataset, normalize=normalize, seed=seed, finetune=False, **options)
+    _, test, _ = _inputs(dataset, result.spiking_network, normalize, seed)
     keras_spiking = build_spiking_keras_predictions(model, test)
-    onnx_predictions = runtime.predict(spiking_model, test).reshape(len(test), -1).argmax(1)
-    accuracy = None
-    if dataset is not None:
-        accuracy = {"keras": float(np.mean(model.predict(test, verbose=0).argmax(1) == dataset.y_test)),
-                    "sharpenable": _accuracy(sharpenable_model, test, dataset.y_test),
-                    "spiking": _accuracy(spiking_model, test, dataset.y_test)}
-    sharpenable_bytes, spiking_bytes = sharpenable_model.SerializeToString(), spiking_model.SerializeToString()
-    report = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "model": {"source": "keras", "name": model.name, "input": {"shape": list(trained.input_shape)},
-                  "output": {"classes": trained.num_classes}},
-        "output_opset": {"ai.onnx": PINNED_OPSET, DOMAIN: DOMAIN_VERSION, "ir_version": PINNED_IR_VERSION},
-        "layers": _layer_table(spiking),
-        "sharpness": [layer.sharpness for layer in trained.layers if isinstance(layer, Sharpenable)],
-        "data": None if dataset is None else {"spec": dataset.spec, "test_samples": len(dataset.y_test)},
-        "accuracy": accuracy,
-        "equivalence": {"spiking": spike_check.to_dict(),
-                        "keras_vs_spiking_onnx": {"samples": len(test), "agreement": float(
-                            np.mean(keras_spiking == onnx_predictions))}},
-        "artifacts": {"sharpenable.onnx": {"sha256": sha256(sharpenable_bytes)},
-                      "spiking.onnx": {"sha256": sha256(spiking_bytes)}},
-        "versions": package_versions(),
-        "passed": spike_check.passed,
-    }
+    onnx_predictions = runtime.predict(result.spiking_model, test).reshape(len(test), -1).argmax(1)
+    report = result.report
+    report["model"].update(path=f"Keras model '{model.name}'", source="keras")
+    report["equivalence"]["keras_vs_spiking_onnx"] = {
+        "samples": len(test), "agreement": float(np.mean(keras_spiking == onnx_predictions)),
+        "differences": np.flatnonzero(keras_spiking != onnx_predictions)[:100].tolist()}
     if out_dir is not None:
-        _write(Path(out_dir), sharpenable_bytes, spiking_bytes, report, None)
-    return ConversionResult(report, None, sharpenable_model, spiking_model, trained, spiking,
-                            None if out_dir is None else Path(out_dir))
+        write_atomic(Path(out_dir) / "report.json", json_bytes(report))
+    return result
 
 
 def build_spiking_keras_predictions(model, x: np.ndarray) -> np.ndarray:
@@ -356,8 +345,9 @@ class _Clock:
 
 def _float_network(loaded: LoadedModel) -> tuple[Network, dict[str, int], str | None]:
     last = next((n for n in loaded.model.graph.node if loaded.model.graph.output[0].name in n.output), None)
-    normaliser = last.op_type if last is not None and last.op_type in OUTPUT_NORMALISERS else None
     model, counts = run_onnx_passes(loaded.model)
+    # A Softmax that ends a recognised N-hot decode stays part of it.
+    normaliser = last.op_type if counts["remove_output_softmax"] else None
     return lift(model), counts, normaliser
 
 

@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from .errors import UnsupportedModelError
 from .network import Network
-from .ops import LIFTERS, LiftContext
+from .ops import LiftContext, lifter_for
 from .passes.graph import static_shape
 
 
@@ -30,7 +30,7 @@ def lift(model: ir.Model) -> Network:
             raise UnsupportedModelError(
                 f"'{value.name}' is read by {len(readers)} nodes; only sequential networks are supported")
         node = readers[0]
-        lifter = LIFTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        lifter = lifter_for(node)
         if lifter is None:
             raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}) could not be folded into a "
                                         "supported layer")

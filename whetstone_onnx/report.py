@@ -30,19 +30,22 @@ def accuracy_table(report: dict) -> str:
     equivalence = report["equivalence"]
     rows = [("graph", "accuracy", "note")]
     finetune = report["finetune"]
+    levels = sorted(set(equivalence["sharpenable"]["sharpness"])) or [0.0]    # the layers' before training
+    start_sharpness = f"{levels[0]:g}" if len(levels) == 1 else f"{levels[0]:g} to {levels[-1]:g}"
     notes = {
         "original": "the model as given",
         "float": f"canonical float graph, max rel. diff {equivalence['float']['relative_diff']:.1e}",
-        "sharpenable_start": f"sharpness 0 before training, "
+        "sharpenable_start": f"sharpness {start_sharpness} before training, "
                              f"{100 * equivalence['sharpenable']['class_agreement']:.1f} % same class as original",
-        "sharpenable": "as written, after fine-tuning" if finetune["performed"] else "as written (sharpness 0)",
+        "sharpenable": "as written, after fine-tuning" if finetune["performed"]
+                       else f"as written (sharpness {start_sharpness})",
         "spiking": "all layers binary spikes" + ("" if finetune["performed"] else ", sharpened at once"),
     }
     for key, note in notes.items():
         value = accuracy.get(key)
         rows.append((key, "-" if value is None else f"{100 * value:.2f} %", note))
     if not finetune["performed"]:
-        rows.pop(3)      # sharpenable as written is the sharpness-0 graph
+        rows.pop(3)      # sharpenable as written is the graph before training
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -32,6 +32,8 @@ def simulate(graph, x: np.ndarray, dt: float | None = None, *, forced: dict[str,
     for name in order:
         node = graph.nodes[name]
         if isinstance(node, nir.Input):
+            if "input_transpose" in graph.metadata:     # data in the model's layout, see ops/shape.py
+                h = h.transpose(0, *(p + 1 for p in graph.metadata["input_transpose"]["perm"]))
             h = h.reshape(len(h), *np.asarray(node.input_type["input"]).tolist())
         elif isinstance(node, nir.Output):
             pass

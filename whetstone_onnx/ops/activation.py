@@ -3,6 +3,10 @@ and the binary Spike they become at sharpness 1.
 
   Relu, Clip(0, k), HardSigmoid  ->  BoundedRelu   (fires when input >= 0.5)
   Sigmoid                        ->  SharpSigmoid  (fires when input >= 0)
+
+The project's own BoundedRelu / SharpSigmoid nodes lift as they are, and so do the
+chains Keras' ONNX export writes for the ``whetstone_onnx.keras`` layers (their
+sharpness frozen into the graph), recognised below.
 """
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import onnx_ir as ir
+
 from ..network import Layer, OnnxBuilder
-from ..spiking_onnx import (BRELU_THRESHOLD, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN,
+from ..passes.graph import follow_chain, scalar_operand
+from ..spiking_onnx import (BRELU_THRESHOLD, DOMAIN, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN,
                             SIGMOID_THRESHOLD)
-from .registry import LiftContext, lifts
+from .registry import LiftContext, Recognised, lifts, recognises
 
 
 @dataclass(eq=False)
@@ -148,3 +155,65 @@ def lift_clip(node, ctx: LiftContext) -> Activation:
 @lifts("HardSigmoid")
 def lift_hard_sigmoid(node, ctx: LiftContext) -> Activation:
     return Activation(node.name, "HardSigmoid", {"alpha": ctx.float("alpha", 0.2), "beta": ctx.float("beta", 0.5)})
+
+
+FUNCTIONS = {"BoundedRelu": "bounded_relu", "SharpSigmoid": "sharp_sigmoid"}
+
+
+@lifts(*FUNCTIONS, domain=DOMAIN)
+def lift_sharpenable(node, ctx: LiftContext) -> Sharpenable:
+    sharpness = float(ctx.constant(1, "sharpness"))
+    if not 0.0 <= sharpness <= 1.0:
+        raise ctx.fail(f"sharpness {sharpness} is outside [0, 1]")
+    return Sharpenable(node.name, FUNCTIONS[node.op_type], sharpness, source=node.op_type)
+
+
+def _sharpness(span: float) -> float:
+    """The sharpness s whose span 1 - s + 1e-3 is ``span``, to the 6 decimals the export keeps."""
+    return round(1.0 + float(SHARPNESS_EPSILON) - span, 6)
+
+
+def _recognised(chain: list[ir.Node], data: ir.Value, op_type: str, sharpness: float) -> Recognised | None:
+    if not 0.0 <= sharpness <= 1.0:
+        return None
+    return Recognised(chain, data, op_type, [("sharpness", np.array(sharpness, np.float32))])
+
+
+def _clips_to(chain: list[ir.Node], low: float, high: float) -> bool:
+    """The last two nodes of ``chain`` are Min(high) and Max(low), in either order."""
+    bounds = {node.op_type: scalar_operand(node, before.outputs[0]) for before, node in zip(chain[-3:-1], chain[-2:])}
+    return bounds == {"Min": high, "Max": low}
+
+
+@recognises("GreaterOrEqual")
+def recognise_exported_step(node: ir.Node) -> Recognised | None:
+    """Cast(x >= 0.5) or Cast(x >= 0): a BoundedRelu or SharpSigmoid at sharpness 1."""
+    chain, data = follow_chain(node, ("GreaterOrEqual", "Cast")), node.inputs[0]
+    if chain is None or chain[1].attributes.get_int("to", 0) != ir.DataType.FLOAT:
+        return None
+    threshold = scalar_operand(node, data) if node.inputs[1] is not data else None
+    op_type = {float(BRELU_THRESHOLD): "BoundedRelu", float(SIGMOID_THRESHOLD): "SharpSigmoid"}.get(threshold)
+    return None if op_type is None else _recognised(chain, data, op_type, 1.0)
+
+
+@recognises("Sub")
+def recognise_exported_bounded_ramp(node: ir.Node) -> Recognised | None:
+    """clip((x - 0.5) * k + 0.5, 0, 1) with k = 1 / (1 - s + 1e-3): a BoundedRelu at sharpness s < 1."""
+    chain, data = follow_chain(node, ("Sub", "Mul", "Add", ("Min", "Max"), ("Min", "Max"))), node.inputs[0]
+    if chain is None or scalar_operand(node, data) != BRELU_THRESHOLD \
+            or scalar_operand(chain[2], chain[1].outputs[0]) != BRELU_THRESHOLD or not _clips_to(chain, 0.0, 1.0):
+        return None
+    gain = scalar_operand(chain[1], node.outputs[0])
+    return None if not gain or gain <= 0 else _recognised(chain, data, "BoundedRelu", _sharpness(1.0 / gain))
+
+
+@recognises("Mul")
+def recognise_exported_sigmoid(node: ir.Node) -> Recognised | None:
+    """sigmoid(clip(x * k, -40, 40)) with k = 4 ln(2 + sqrt 3) / (1 - s + 1e-3): a SharpSigmoid at sharpness s < 1."""
+    chain = follow_chain(node, ("Mul", ("Min", "Max"), ("Min", "Max"), "Sigmoid"))
+    data = next((v for v in node.inputs if v.const_value is None), None)
+    if chain is None or data is None or not _clips_to(chain[:3], -float(SIGMOID_CLIP), float(SIGMOID_CLIP)):
+        return None
+    gain = scalar_operand(node, data)
+    return None if not gain or gain <= 0 else _recognised(chain, data, "SharpSigmoid",
+                                                          _sharpness(float(SIGMOID_GAIN) / gain))

@@ -1,11 +1,20 @@
-"""N-hot output decoding (Whetstone's Softmax_Decode) as the project's NHotDecode op."""
+"""N-hot output decoding (Whetstone's Softmax_Decode) as the project's NHotDecode op.
+
+It lifts from the project's NHotDecode node and from the chain Keras' ONNX export
+writes for ``whetstone_onnx.keras.SoftmaxDecode``: Softmax(MatMul(2 x - 1, 2 key^T - 1)).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+import onnx_ir as ir
+
 from ..network import Layer, OnnxBuilder
+from ..passes.graph import const_array, follow_chain, scalar_operand
+from ..spiking_onnx import DOMAIN
+from .registry import LiftContext, Recognised, lifts, recognises
 
 
 @dataclass(eq=False)
@@ -53,3 +62,30 @@ def nhot_key(classes: int, width: int, seed: int) -> np.ndarray:
     key = np.zeros((classes, width), np.float32)
     key[np.repeat(np.arange(classes), per_class), units] = 1.0
     return key
+
+
+def _is_key(key: np.ndarray) -> bool:
+    return key.ndim == 2 and bool(np.all((key == 0.0) | (key == 1.0))) and bool(np.all(key.sum(axis=1) > 0))
+
+
+@lifts("NHotDecode", domain=DOMAIN)
+def lift_nhot_decode(node, ctx: LiftContext) -> NHotDecode:
+    key = ctx.constant(1, "key")
+    if not _is_key(key):
+        raise ctx.fail("the key must be a (classes, width) matrix of 0 and 1 with a unit in every class")
+    return NHotDecode(node.name, key.astype(np.float32))
+
+
+@recognises("Mul")
+def recognise_exported_decode(node: ir.Node) -> Recognised | None:
+    """Softmax((2 x - 1) @ S) over the last axis, S a constant of +-1: NHotDecode with key (S^T + 1) / 2."""
+    chain = follow_chain(node, ("Mul", "Sub", "MatMul", "Softmax"))
+    data = next((v for v in node.inputs if v.const_value is None), None)
+    if chain is None or data is None or scalar_operand(node, data) != 2.0 \
+            or chain[1].inputs[0] is not node.outputs[0] or scalar_operand(chain[1], node.outputs[0]) != 1.0 \
+            or chain[2].inputs[0] is not chain[1].outputs[0] or chain[3].attributes.get_int("axis", -1) not in (-1, 1):
+        return None
+    signed = const_array(chain[2].inputs[1])
+    key = None if signed is None else (signed.T + 1.0) / 2.0
+    return None if key is None or not _is_key(key) else Recognised(chain, data, "NHotDecode",
+                                                                   [("key", key.astype(np.float32))])

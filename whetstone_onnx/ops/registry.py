@@ -1,6 +1,7 @@
 """The registry mapping ONNX op types to the op family that lifts them."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -11,16 +12,46 @@ from ..passes.graph import const_array, static_shape
 from .padding import same_padding
 
 Lifter = Callable[[ir.Node, "LiftContext"], object]
-LIFTERS: dict[str, Lifter] = {}
+# (domain, op type) -> lifter; the standard domain is "".
+LIFTERS: dict[tuple[str, str], Lifter] = {}
 
 
-def lifts(*op_types: str):
-    """Register the decorated function as the lifter of ``op_types`` (ai.onnx domain)."""
+def lifts(*op_types: str, domain: str = ""):
+    """Register the decorated function as the lifter of ``op_types`` in ``domain``."""
     def register(function: Lifter) -> Lifter:
         for op_type in op_types:
-            if op_type in LIFTERS:
-                raise ValueError(f"two lifters for {op_type}")
-            LIFTERS[op_type] = function
+            if (domain, op_type) in LIFTERS:
+                raise ValueError(f"two lifters for {domain}.{op_type}")
+            LIFTERS[(domain, op_type)] = function
+        return function
+    return register
+
+
+def lifter_for(node: ir.Node) -> Lifter | None:
+    return LIFTERS.get(("" if node.domain == "ai.onnx" else node.domain, node.op_type))
+
+
+@dataclass
+class Recognised:
+    """A chain of standard nodes that computes one of the project's ops: ``nodes[0]``
+    reads ``data``, ``nodes[-1]`` writes the result, and the op is ``op_type`` of the
+    project's domain with ``constants`` (name suffix, array) as its inputs after the data."""
+    nodes: list[ir.Node]
+    data: ir.Value
+    op_type: str
+    constants: list[tuple[str, np.ndarray]]
+
+
+Recogniser = Callable[[ir.Node], "Recognised | None"]
+# First op type of the chain -> recognisers; see passes/recognise.py.
+RECOGNISERS: dict[str, list[Recogniser]] = {}
+
+
+def recognises(first_op_type: str):
+    """Register the decorated function as a recogniser of chains that start with ``first_op_type``
+    (how another tool, e.g. Keras' ONNX export, writes one of the project's ops)."""
+    def register(function: Recogniser) -> Recogniser:
+        RECOGNISERS.setdefault(first_op_type, []).append(function)
         return function
     return register
 

@@ -65,6 +65,15 @@ class Transpose(Layer):
     def emit(self, builder: OnnxBuilder, x: str) -> str:
         return builder.node("Transpose", [x], self.name, name=self.name, perm=[0, *(p + 1 for p in self.perm)])
 
+    def to_nir(self, builder, input_shape) -> None:
+        if builder.last != "input":
+            raise UnsupportedModelError(f"layer '{self.name}': NIR has no transpose; only the input's layout "
+                                        "can change")
+        # The NIR input takes the transposed layout (a Keras image model's NHWC becomes CHW);
+        # the metadata says how to lay out the data for it.
+        builder.input_shape = self.output_shape(input_shape)
+        builder.metadata["input_transpose"] = {"from": list(input_shape), "perm": list(self.perm)}
+
     def to_keras(self, builder) -> None:
         import keras
         builder.to_channels_first(self.name)

@@ -28,7 +28,8 @@ def activations_before_pooling(network: Network) -> int:
     layers, count = network.layers, 0
     for i in range(len(layers)):
         j = i
-        while isinstance(layers[j], Activation) and j > 0 and isinstance(layers[j - 1], COMMUTING_LAYERS):
+        while isinstance(layers[j], (Activation, Sharpenable)) and j > 0 \
+                and isinstance(layers[j - 1], COMMUTING_LAYERS):
             layers[j - 1], layers[j] = layers[j], layers[j - 1]
             j, count = j - 1, count + 1
     return count + sink_batchnorms(network)
@@ -54,12 +55,14 @@ def replace_activations(network: Network) -> int:
     """
     count = 0
     for i, layer in enumerate(network.layers):
-        if not isinstance(layer, Activation):
+        if not isinstance(layer, (Activation, Sharpenable)):
             continue
         linear = network.layers[i - 1] if i > 0 else None
         if not isinstance(linear, LinearLayer):
             raise UnsupportedModelError(f"activation '{layer.name}' ({layer.op_type}) does not follow a "
                                         "Dense or Conv layer, so it has no threshold to become")
+        if isinstance(layer, Sharpenable):
+            continue                   # already a Whetstone unit (a Whetstone Keras model's export)
         function = "bounded_relu"
         if layer.op_type == "Clip":
             bound = layer.params["max"]

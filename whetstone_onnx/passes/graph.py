@@ -20,7 +20,7 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     unique, k = name, 1
     while unique in taken:
         unique, k = f"{name}_{k}", k + 1
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array).reshape(np.shape(array))     # (ascontiguousarray makes scalars 1-d)
     value = ir.Value(name=unique, shape=ir.Shape(array.shape),
                      type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                      const_value=ir.tensor(array, name=unique))
@@ -34,6 +34,27 @@ def only_consumer(value: ir.Value) -> ir.Node | None:
     if len(consumers) != 1 or value.is_graph_output():
         return None
     return consumers[0]
+
+
+def follow_chain(node: ir.Node, pattern: tuple[str | tuple[str, ...], ...]) -> list[ir.Node] | None:
+    """``node`` and the nodes after it, each the only reader of the one before, when their
+    op types match ``pattern`` (an entry may be a tuple of alternatives); else None."""
+    chain = [node]
+    for expected in pattern[1:]:
+        following = only_consumer(chain[-1].outputs[0])
+        if following is None or following.op_type not in ((expected,) if isinstance(expected, str) else expected):
+            return None
+        chain.append(following)
+    first = pattern[0]
+    return chain if node.op_type in ((first,) if isinstance(first, str) else first) else None
+
+
+def scalar_operand(node: ir.Node, data: ir.Value) -> float | None:
+    """The value of the one-element constant that binary ``node`` combines with ``data``, else None."""
+    if len(node.inputs) != 2 or data not in node.inputs:
+        return None
+    other = const_array(node.inputs[1 - list(node.inputs).index(data)])
+    return float(other.reshape(-1)[0]) if other is not None and other.size == 1 else None
 
 
 def bypass(graph: ir.Graph, node: ir.Node, replacement: ir.Value) -> None:

@@ -46,6 +46,10 @@ UNITS_PER_CLASS = 20
 def make_output_stage(network: Network, mode: str, logits: np.ndarray, *, key_width: int | None = None,
                       seed: int = 0) -> int:
     last = network.layers[-1] if network.layers else None
+    if isinstance(last, NHotDecode):
+        # A Whetstone Keras model's export already decodes its own N-hot code: it is kept, whatever the mode.
+        network.num_classes = int(last.key.shape[0])
+        return 0
     if not isinstance(last, Dense):
         raise UnsupportedModelError(f"the last layer must be a Dense (Gemm/MatMul) layer to become the "
                                     f"output stage, found {last.kind if last else 'nothing'}")

@@ -11,13 +11,14 @@ from typing import Callable
 import onnx
 import onnx_ir as ir
 
-from ..ops import LIFTERS
+from ..ops import lifter_for
 from .batchnorm import SCALE_SHIFT_OPS, batchnorm_from_scale_shift, fold_batchnorm, fold_scale_shift
 from .cleanup import PASS_THROUGH_OPS, fold_constants, lift_constants, pin_batch, remove_dead_nodes, \
     remove_pass_through
-from .layout import fold_layout_transpose
+from .layout import fold_layout_transpose, move_transposes
 from .linear import canonicalise_linear
 from .output import OUTPUT_NORMALISERS, remove_output_softmax
+from .recognise import recognise_whetstone_layers
 
 ONNX_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("remove_pass_through", remove_pass_through),
@@ -25,6 +26,10 @@ ONNX_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("pin_batch", pin_batch),
     ("fold_constants", fold_constants),
     ("remove_dead_nodes", remove_dead_nodes),
+    # Before the output softmax goes (a Softmax_Decode ends with one) and before the
+    # scale/shift folds would take the recognised chains apart.
+    ("recognise_whetstone_layers", recognise_whetstone_layers),
+    ("move_transposes", move_transposes),
     ("remove_output_softmax", remove_output_softmax),
     ("canonicalise_linear", canonicalise_linear),
     # Before the batch-norm folds: a batch norm before Keras' Transpose + flatten can then
@@ -45,16 +50,14 @@ PASS_HANDLED_OPS = frozenset((*PASS_THROUGH_OPS, *SHAPE_ARITHMETIC_OPS, "BatchNo
                               *SCALE_SHIFT_OPS, "MatMul", *OUTPUT_NORMALISERS))
 
 
-def supported_op_types() -> frozenset[str]:
-    return frozenset(LIFTERS) | PASS_HANDLED_OPS
-
-
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """(op type, node name) of every node no pass or op family handles."""
-    supported = supported_op_types()
+    """(op type, node name) of every node no pass or op family handles. The nodes of a
+    chain an op family recognises (passes/recognise.py) count as handled."""
+    graph = ir.serde.deserialize_model(model)
+    recognise_whetstone_layers(graph)
     return [(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}", node.name)
-            for node in model.graph.node
-            if node.domain not in ("", "ai.onnx") or node.op_type not in supported]
+            for node in graph.graph
+            if lifter_for(node) is None and (node.domain not in ("", "ai.onnx") or node.op_type not in PASS_HANDLED_OPS)]
 
 
 def unsupported_message(source: str, nodes: list[tuple[str, str]]) -> str:
