@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -72,6 +73,15 @@ class LayerSpikeCheck:
     near_threshold: int          # potentials within the tie margin, mismatched or not
     max_potential_diff: float    # |onnxruntime - NumPy| of the potential
 
+    @classmethod
+    def from_masks(cls, layer: str, spikes: np.ndarray, mismatched: np.ndarray, near: np.ndarray,
+                   max_potential_diff: float = 0.0) -> "LayerSpikeCheck":
+        """The counts of one layer's (samples, ...) spikes, given which of them mismatch the other
+        implementation's and which potentials lie within the tie margin of the threshold."""
+        return cls(layer=layer, neurons=int(math.prod(spikes.shape[1:])), spike_rate=float(spikes.mean()),
+                   mismatches=int(mismatched.sum()), ties=int((mismatched & near).sum()),
+                   near_threshold=int(near.sum()), max_potential_diff=max_potential_diff)
+
 
 class _LayerTotals:
     """Totals of a layer-by-layer comparison; a mismatch is explained only when it is a tie."""
@@ -127,12 +137,8 @@ def _compare_spikes(layer: Spike, ort_potential, ref_potential, ort_spikes, ref_
     margin = TIE_MARGIN * max(1.0, float(np.abs(ort_potential).max()))
     # The two potentials differ by float rounding only: near one's threshold is near the other's.
     near = np.abs(ref_potential - threshold) <= 2 * margin
-    mismatched = ort_spikes != ref_spikes
-    per_sample = ort_spikes[0].size
-    return LayerSpikeCheck(layer=layer.name, neurons=int(per_sample), spike_rate=float(ort_spikes.mean()),
-                           mismatches=int(mismatched.sum()), ties=int((mismatched & near).sum()),
-                           near_threshold=int(near.sum()),
-                           max_potential_diff=float(np.abs(ort_potential - ref_potential).max()))
+    return LayerSpikeCheck.from_masks(layer.name, ort_spikes, ort_spikes != ref_spikes, near,
+                                      float(np.abs(ort_potential - ref_potential).max()))
 
 
 @dataclass
@@ -148,16 +154,22 @@ class NetlistCheck(_LayerTotals):
     def add_layer(self, layer: str, ours: np.ndarray, expected: np.ndarray, distance: np.ndarray,
                   margin: float) -> None:
         """Compare one layer's (samples, neurons) spikes; mismatches within ``margin`` of the threshold are ties."""
-        near = distance <= margin
         mismatched = ours != expected
-        self.layers.append(LayerSpikeCheck(layer=layer, neurons=int(ours.shape[1]), spike_rate=float(ours.mean()),
-                                           mismatches=int(mismatched.sum()), ties=int((mismatched & near).sum()),
-                                           near_threshold=int(near.sum()), max_potential_diff=0.0))
+        self.layers.append(LayerSpikeCheck.from_masks(layer, ours, mismatched, distance <= margin))
         for sample, neuron in zip(*np.nonzero(mismatched)):
             if len(self.differences) < 100:
                 self.differences.append({"layer": layer, "sample": int(sample), "neuron": int(neuron),
                                          "distance_to_threshold": float(distance[sample, neuron])})
 
+
+def _layer_outputs(spiking_model: onnx.ModelProto, x: np.ndarray, layer_of: dict[str, str]) -> dict[str, np.ndarray]:
+    """onnxruntime's (samples, values) output of layers of ``spiking_model`` on ``x``, from one run.
+
+    ``layer_of`` maps each wanted key to a layer (node) name; the result is keyed like it.
+    """
+    value_of = {node.name: node.output[0] for node in spiking_model.graph.node}
+    outputs = runtime.run(runtime.with_outputs(spiking_model, [value_of[layer] for layer in layer_of.values()]), x)
+    return {key: outputs[value_of[layer]].reshape(len(x), -1) for key, layer in layer_of.items()}
 
 
 def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NetlistCheck:
@@ -165,9 +177,7 @@ def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NetlistCh
     from .netlist.nir_sim import simulate
 
     layer_of = graph.metadata["spiking_layers"]           # NIR node -> network layer name
-    value_of = {node.name: node.output[0] for node in spiking_model.graph.node}
-    outputs = runtime.run(runtime.with_outputs(spiking_model, [value_of[layer] for layer in layer_of.values()]), x)
-    expected = {node: outputs[value_of[layer]].reshape(len(x), -1) for node, layer in layer_of.items()}
+    expected = _layer_outputs(spiking_model, x, layer_of)
     potentials: dict[str, np.ndarray] = {}
     simulated = simulate(graph, x, forced=expected, potentials=potentials)
     result = NetlistCheck(len(x), f"nir:{graph.metadata.get('profile')}", TIE_MARGIN)
@@ -188,10 +198,9 @@ def check_netlist(spiking_model: onnx.ModelProto, netlist, x: np.ndarray) -> Net
     """Each explicit-netlist population simulated from onnxruntime's input to it, against onnxruntime."""
     from .sim import TIE_TOLERANCE, simulate_netlist
 
-    value_of = {node.name: node.output[0] for node in spiking_model.graph.node}
-    compared = [p for p in netlist.populations if p["kind"] in ("spiking", "or") and p.get("layer_name") in value_of]
-    outputs = runtime.run(runtime.with_outputs(spiking_model, [value_of[p["layer_name"]] for p in compared]), x)
-    expected = {p["name"]: outputs[value_of[p["layer_name"]]].reshape(len(x), -1) for p in compared}
+    layers = {node.name for node in spiking_model.graph.node}
+    compared = [p for p in netlist.populations if p["kind"] in ("spiking", "or") and p.get("layer_name") in layers]
+    expected = _layer_outputs(spiking_model, x, {p["name"]: p["layer_name"] for p in compared})
     simulated = simulate_netlist(netlist, x, forced=expected, keep_potentials=True)
     result = NetlistCheck(len(x), "explicit", TIE_MARGIN)
     for population in compared:

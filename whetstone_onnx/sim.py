@@ -55,7 +55,9 @@ from threadpoolctl import threadpool_limits
 from .errors import InputError
 from .network import Network
 from .ops.conv import Conv2d
+from .ops.decode import nhot_scores
 from .ops.dense import Dense
+from .ops.padding import window_cells
 
 TIE_TOLERANCE = 1e-9
 COMPUTE_DTYPE = np.float32      # the fast path's sums for spiking populations (see above)
@@ -149,12 +151,19 @@ class _Geometry:
         channel, row, col = _coordinates(self.out_shape)
         self.outputs = (channel, row * self.strides[0] - self.top, col * self.strides[1] - self.left)
 
+    def cells(self, out_rows: np.ndarray, out_cols: np.ndarray):
+        """((rows, rows inside), (columns, columns inside)): the input row (len(out_rows), kh) and column
+        (len(out_cols), kw) each kernel offset of these output rows / columns reads, clipped into the
+        input, and whether it lies inside it."""
+        _, height, width = self.in_shape
+        return (window_cells(out_rows, self.strides[0], self.top, self.kernel[0], self.dilations[0], height),
+                window_cells(out_cols, self.strides[1], self.left, self.kernel[1], self.dilations[1], width))
+
     def inside(self) -> tuple[np.ndarray, np.ndarray]:
         """(out_h, kh) and (out_w, kw): whether a kernel row / column of an output lies inside the input."""
-        (_, height, width), (_, out_h, out_w) = self.in_shape, self.out_shape
-        rows = np.arange(out_h)[:, None] * self.strides[0] - self.top + np.arange(self.kernel[0]) * self.dilations[0]
-        cols = np.arange(out_w)[:, None] * self.strides[1] - self.left + np.arange(self.kernel[1]) * self.dilations[1]
-        return (rows >= 0) & (rows < height), (cols >= 0) & (cols < width)
+        _, out_h, out_w = self.out_shape
+        (_, rows), (_, cols) = self.cells(np.arange(out_h), np.arange(out_w))
+        return rows, cols
 
     def offsets(self, k: np.ndarray, post: np.ndarray):
         """Input channel, output channel, kernel row and column of each (input, output) pair (int32 indices),
@@ -250,17 +259,15 @@ class _Conv:
 
     def exact(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """float64 potentials of (sample, travelling position) pairs, from the unpadded input."""
-        channels, height, width = self.geometry.in_shape
-        out_ch, in_per_group, kh, kw = self.kernel.shape
+        channels, _, width = self.geometry.in_shape
+        out_ch, in_per_group = self.kernel.shape[:2]
         position, co = np.divmod(cols, out_ch)
         oh, ow = np.divmod(position, self.geometry.out_shape[2])
-        (sh, sw), (dh, dw) = self.geometry.strides, self.geometry.dilations
-        ih = oh[:, None] * sh - self.geometry.top + np.arange(kh) * dh                  # (F, kh)
-        iw = ow[:, None] * sw - self.geometry.left + np.arange(kw) * dw                 # (F, kw)
-        inside = (((ih >= 0) & (ih < height))[:, :, None, None] & ((iw >= 0) & (iw < width))[:, None, :, None])
+        (ih, row_ok), (iw, col_ok) = self.geometry.cells(oh, ow)                       # (F, kh), (F, kw)
+        inside = row_ok[:, :, None, None] & col_ok[:, None, :, None]
         ci = (co // (out_ch // self.group))[:, None] * in_per_group + np.arange(in_per_group)   # (F, in)
-        element = ((np.clip(ih, 0, height - 1)[:, :, None, None] * width + np.clip(iw, 0, width - 1)[:, None, :, None])
-                   * channels + ci[:, None, None, :])                                  # (F, kh, kw, in)
+        element = ((ih[:, :, None, None] * width + iw[:, None, :, None]) * channels
+                   + ci[:, None, None, :])                                             # (F, kh, kw, in)
         travel = element if self.gather is None else self.gather[element]
         # One flat take is several times faster than indexing with two broadcast index arrays.
         values = np.take(x, rows[:, None, None, None] * x.shape[1] + travel) * inside
@@ -673,8 +680,7 @@ def simulate_netlist(netlist, x: np.ndarray, *, batch: int | None = None, steps:
     final = outputs[output_name].reshape(len(flat), netlist.population(output_name)["count"])
     decode = header["output"]["decode"]
     if decode["kind"] == "nhot":
-        key = np.asarray(decode["key"], np.float64)
-        classes = np.argmax((2.0 * final - 1.0) @ (2.0 * key - 1.0).T, axis=1)
+        classes = np.argmax(nhot_scores(final, decode["key"]), axis=1)
     else:
         classes = np.argmax(final, axis=1)
     return SimResult(outputs, potentials, classes, run.synops / max(1, len(flat)), rates, run.near)

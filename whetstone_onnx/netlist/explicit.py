@@ -38,6 +38,7 @@ from ..ops.activation import Spike
 from ..ops.conv import Conv2d
 from ..ops.decode import NHotDecode
 from ..ops.dense import Dense
+from ..ops.padding import window_cells
 from ..ops.pool import AvgPool2d, MaxPool2d, Pool2d
 from ..ops.shape import Reshape, Transpose
 
@@ -258,10 +259,8 @@ def _conv_chunks(layer: Conv2d, weight: np.ndarray, ids: np.ndarray, post: _Popu
     (sh, sw), (dh, dw) = layer.strides, layer.dilations
     per_group = out_ch // layer.group
     # Input coordinates of every (output row, kernel row) and (output column, kernel column).
-    in_rows = np.arange(out_h)[:, None] * sh - top + np.arange(kh)[None, :] * dh      # (out_h, kh)
-    in_cols = np.arange(out_w)[:, None] * sw - left + np.arange(kw)[None, :] * dw     # (out_w, kw)
-    row_ok, col_ok = (in_rows >= 0) & (in_rows < height), (in_cols >= 0) & (in_cols < width)
-    in_rows, in_cols = np.clip(in_rows, 0, height - 1), np.clip(in_cols, 0, width - 1)
+    in_rows, row_ok = window_cells(np.arange(out_h), sh, top, kh, dh, height)          # (out_h, kh)
+    in_cols, col_ok = window_cells(np.arange(out_w), sw, left, kw, dw, width)          # (out_w, kw)
     per_position = in_per_group * kh * kw
 
     def gather(in_channels, r0, r1):
@@ -302,13 +301,11 @@ def _pool_projection(layer: Pool2d, source: _Population, ids: np.ndarray, view: 
     (kh, kw), (sh, sw) = layer.kernel, layer.strides
     padding = layer._padding(height, width)
     top, left, _, _ = padding
-    in_rows = np.arange(out_h)[:, None] * sh - top + np.arange(kh)[None, :]
-    in_cols = np.arange(out_w)[:, None] * sw - left + np.arange(kw)[None, :]
-    inside = (((in_rows >= 0) & (in_rows < height))[:, None, :, None]
-              & ((in_cols >= 0) & (in_cols < width))[None, :, None, :])                # (out_h, out_w, kh, kw)
-    in_rows, in_cols = np.clip(in_rows, 0, height - 1), np.clip(in_cols, 0, width - 1)
+    in_rows, row_ok = window_cells(np.arange(out_h), sh, top, kh, 1, height)
+    in_cols, col_ok = window_cells(np.arange(out_w), sw, left, kw, 1, width)
+    inside = row_ok[:, None, :, None] & col_ok[None, :, None, :]                      # (out_h, out_w, kh, kw)
     if isinstance(layer, AvgPool2d):
-        weights = (1.0 / _average_counts(layer, height, width)).astype(np.float32)     # (out_h, out_w)
+        weights = (1.0 / layer.counts(height, width)).astype(np.float32)               # (out_h, out_w)
     else:
         weights = np.ones((out_h, out_w), np.float32)
     if not inside.reshape(out_h * out_w, -1).any(axis=1).all():
@@ -332,17 +329,6 @@ def _pool_projection(layer: Pool2d, source: _Population, ids: np.ndarray, view: 
         connectivity["count_include_pad"] = bool(layer.count_include_pad)
     return _Projection(post.name, [source.name], post, chunks, channels * per_channel, float(weights.max()), False,
                        connectivity)
-
-
-def _average_counts(layer: AvgPool2d, height: int, width: int) -> np.ndarray:
-    """Divisor of every window, exactly as AvgPool2d.forward computes it."""
-    ones = np.ones((1, 1, height, width))
-    if layer.count_include_pad:
-        top, left, bottom, right = layer.pads
-        ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=1.0)
-        counted = Pool2d(layer.name, layer.kernel, layer.strides, (0, 0, 0, 0), layer.ceil_mode)
-        return counted._reduce(ones, 0.0, np.add)[0, 0]
-    return layer._reduce(ones, 0.0, np.add)[0, 0]
 
 
 # ---------------------------------------------------------------- stats

@@ -28,7 +28,7 @@ class NHotDecode(Layer):
         return (int(self.key.shape[0]),)
 
     def forward(self, x):
-        scores = (2.0 * x - 1.0) @ (2.0 * self.key.astype(np.float64) - 1.0).T
+        scores = nhot_scores(x, self.key)
         scores -= scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return exp / exp.sum(axis=1, keepdims=True)
@@ -51,6 +51,13 @@ class NHotDecode(Layer):
     def describe(self):
         return {**super().describe(), "classes": int(self.key.shape[0]), "code_width": int(self.key.shape[1]),
                 "units_per_class": int(self.key.sum(axis=1).max())}
+
+
+def nhot_scores(x: np.ndarray, key) -> np.ndarray:
+    """(samples, classes) float64 scores of codes x (samples, width) against a 0/1 key (classes, width):
+    (2 x - 1) . (2 key - 1), agreements minus disagreements. The decoded class is their argmax; the
+    netlist simulator decodes with this too, so it cannot drift from the layer's forward."""
+    return (2.0 * x - 1.0) @ (2.0 * np.asarray(key, np.float64) - 1.0).T
 
 
 def nhot_key(classes: int, width: int, seed: int) -> np.ndarray:

@@ -118,17 +118,21 @@ class AvgPool2d(Pool2d):
     kind = "avgpool2d"
 
     def forward(self, x):
-        sums = self._reduce(x, 0.0, np.add)
-        # Divisor per window: the cells inside the input, plus the pads if counted.
-        ones = np.ones((1, 1, *x.shape[2:]))
+        return self._reduce(x, 0.0, np.add) / self.counts(*x.shape[2:])
+
+    def counts(self, height: int, width: int) -> np.ndarray:
+        """(out_h, out_w) float64: each window's divisor for a height x width input.
+
+        The cells inside the input, plus the pads if counted. The explicit netlist's
+        synapse weights are 1 / these, so they stay exactly forward's divisors.
+        """
+        ones = np.ones((1, 1, height, width))
         if self.count_include_pad:
             top, left, bottom, right = self.pads
             ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=1.0)
             counted = Pool2d(self.name, self.kernel, self.strides, (0, 0, 0, 0), self.ceil_mode)
-            counts = counted._reduce(ones, 0.0, np.add)
-        else:
-            counts = self._reduce(ones, 0.0, np.add)
-        return sums / counts
+            return counted._reduce(ones, 0.0, np.add)[0, 0]
+        return self._reduce(ones, 0.0, np.add)[0, 0]
 
     def to_nir(self, builder, input_shape) -> None:
         import nir
