@@ -173,3 +173,18 @@ def test_pytorch_opset11_graph_is_pinned_and_lifted():
     assert [layer.kind for layer in network.layers] == [
         "conv2d", "activation", "maxpool2d", "conv2d", "activation", "reshape", "dense", "activation", "dense"]
     onnx.checker.check_model(converted, full_check=True)
+
+
+@pytest.mark.parametrize("op_type", ["AveragePool", "MaxPool"])
+@pytest.mark.parametrize("size,kernel,stride,pad,ceil_mode,count_include_pad", [
+    (5, 2, 2, 1, 1, 1),        # ceil mode's last window starts in the end padding: dropped
+    (6, 3, 2, 1, 1, 1), (7, 3, 3, 1, 1, 0), (5, 2, 2, 1, 1, 0), (6, 3, 2, 1, 0, 1), (4, 2, 3, 1, 1, 1)])
+def test_pooling_lifts_to_a_layer_that_computes_onnxruntimes_pooling(rng, op_type, size, kernel, stride, pad,
+                                                                       ceil_mode, count_include_pad):
+    extra = {"count_include_pad": count_include_pad} if op_type == "AveragePool" else {}
+    node = helper.make_node(op_type, ["x"], ["y"], kernel_shape=[kernel] * 2, strides=[stride] * 2,
+                            pads=[pad] * 4, ceil_mode=ceil_mode, **extra)
+    model = graph_model([node], {}, (2, size, size), (2, "H", "W"))
+    x = rng.normal(size=(3, 2, size, size)).astype(np.float32)
+    _, _, network = canonical(model)
+    np.testing.assert_allclose(network.forward(x.astype(np.float64)), runtime.predict(model, x), atol=1e-6)

@@ -131,7 +131,10 @@ class AvgPool2d(Pool2d):
             top, left, bottom, right = self.pads
             ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=1.0)
             counted = Pool2d(self.name, self.kernel, self.strides, (0, 0, 0, 0), self.ceil_mode)
-            return counted._reduce(ones, 0.0, np.add)[0, 0]
+            # Without pads that pool may keep a last ceil-mode window that starts in what was the
+            # end padding, which the real one drops: keep its output's size.
+            out_h, out_w = self.output_shape((1, height, width))[1:]
+            return counted._reduce(ones, 0.0, np.add)[0, 0, :out_h, :out_w]
         return self._reduce(ones, 0.0, np.add)[0, 0]
 
     def to_nir(self, builder, input_shape) -> None:
