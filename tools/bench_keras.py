@@ -1,7 +1,10 @@
 """Benchmark of the Keras side on the MNIST split (train 0-7999, evaluate 8000-9999).
 
 1. The classic Whetstone usage (issue 3's snippet, imports changed only), trained
-   for 15 epochs, then exported with ``api.export_keras``: spiking accuracy.
+   for 15 epochs, then exported with ``api.export_keras``: spiking accuracy. For
+   comparison, the same model under the schedule it needs to end fully sharp (17
+   epochs) and under the original library's README recipe (Adadelta at 4.0, batch
+   128, SimpleSharpener(5, steps=5), 21 epochs; it trained on all 60,000 images).
 2. Sharpening overhead: seconds per epoch of the same dense model as plain Keras
    (Dense + ReLU) and as Whetstone (Dense + BoundedRelu + SoftmaxDecode, sharpened
    per batch by SimpleSharpener); target ratio <= 1.2.
@@ -36,17 +39,18 @@ class EpochTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def classic(x_train, y_train, epochs: int) -> dict:
+def classic(x_train, y_train, epochs: int, optimizer="adam", batch_size: int = 32, steps: int = 4) -> dict:
     from keras.layers import Dense
     from keras.models import Sequential
     keras.utils.set_random_seed(0)
     key = key_generator(10, 100)
     model = Sequential([Dense(256, input_shape=(784,)), Spiking_BRelu(), Dense(64),
                         Spiking_BRelu(), Dense(100), Spiking_BRelu(), Softmax_Decode(key)])
-    simple = SimpleSharpener(5, epochs=True)
-    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    simple = SimpleSharpener(5, steps=steps, epochs=True)
+    model.compile(loss="categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
     start = time.perf_counter()
-    model.fit(x_train, keras.utils.to_categorical(y_train, 10), epochs=epochs, callbacks=[simple], verbose=0)
+    model.fit(x_train, keras.utils.to_categorical(y_train, 10), epochs=epochs, batch_size=batch_size,
+              callbacks=[simple], verbose=0)
     seconds = time.perf_counter() - start
     sharpness = simple.get_layer_sharpness()
     result = api.export_keras(model, data=MNIST)
@@ -88,10 +92,16 @@ def main() -> None:
     args = parser.parse_args()
     mnist = load_dataset(MNIST)
     x_train = mnist.x_train.reshape(len(mnist.x_train), 784)
-    result = classic(x_train, mnist.y_train, args.epochs)
-    print(f"classic usage, {result['epochs']} epochs ({result['train_s']:.0f} s): sharpness at the end "
-          f"{[round(v, 3) for v in result['sharpness_at_end']]}, spiking accuracy "
-          f"{100 * result['spiking_accuracy']:.2f} %, Keras vs spiking.onnx {100 * result['keras_vs_spiking_onnx']:.1f} %")
+    recipes = {"issue's snippet": {"epochs": args.epochs},
+               "snippet, fully sharp": {"epochs": 17},
+               "original README recipe": {"epochs": 21, "batch_size": 128, "steps": 5, "optimizer":
+                                          keras.optimizers.Adadelta(learning_rate=4.0, rho=0.95, epsilon=1e-8)}}
+    for label, recipe in recipes.items():
+        result = classic(x_train, mnist.y_train, **recipe)
+        print(f"classic usage, {label}, {result['epochs']} epochs ({result['train_s']:.0f} s): sharpness at the end "
+              f"{[round(v, 3) for v in result['sharpness_at_end']]}, spiking accuracy "
+              f"{100 * result['spiking_accuracy']:.2f} %, Keras vs spiking.onnx "
+              f"{100 * result['keras_vs_spiking_onnx']:.1f} %")
     cost = overhead(x_train, mnist.y_train, 6)
     print(f"sharpening overhead: plain {cost['plain_epoch_s']:.3f} s/epoch, whetstone {cost['whetstone_epoch_s']:.3f} "
           f"s/epoch, ratio {cost['ratio']:.2f} (target <= 1.2)")
