@@ -110,3 +110,20 @@ def test_a_sharpenable_graph_the_converter_wrote_converts_again_to_the_same_spik
             if getattr(ours, part, None) is not None:
                 np.testing.assert_array_equal(getattr(ours, part), getattr(theirs, part))
     assert again.accuracy["spiking"] == first.accuracy["spiking"]
+
+
+def test_export_keras_can_fine_tune_further_and_leaves_the_keras_model_as_it_was(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), BoundedRelu(0.5), keras.layers.Dense(40),
+                              BoundedRelu(0.5), SoftmaxDecode(key_generator(10, 40, overlapping=False))])
+    model(np.zeros((1, 64), np.float32))
+    weights = [w.copy() for w in model.get_weights()]
+    result = api.export_keras(model, tmp_path, data="digits", netlist=False,
+                              finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=1))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["finetune"]["performed"] and report["model"]["source"] == "keras"
+    assert report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
+    assert "keras_vs_spiking_onnx" not in report["equivalence"]      # spiking.onnx is no longer that model
+    assert result.accuracy["spiking"] > result.accuracy["original"]
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)

@@ -277,15 +277,18 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
 
 
 def export_keras(model, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
-                 normalize: tuple[float, float] | None = None, seed: int = 0, **options) -> ConversionResult:
+                 normalize: tuple[float, float] | None = None, seed: int = 0,
+                 finetune: bool | FinetuneOptions = False, **options) -> ConversionResult:
     """A Keras model built with ``whetstone_onnx.keras`` layers (e.g. in the classic
     Whetstone style) -> the same artifacts and checks as ``convert``.
 
     The model goes through Keras' own ``model.export(format="onnx")`` and that graph
-    is converted as it is, without fine-tuning (``options``: ``convert``'s output
-    options). The spiking graph has every layer at sharpness 1, whatever sharpness
-    the Keras model reached (the report keeps it); the report adds how often the
-    Keras model at sharpness 1 predicts the class ``spiking.onnx`` does.
+    is converted (``options``: ``convert``'s output options). By default as it is:
+    the spiking graph has every layer at sharpness 1, whatever sharpness the Keras
+    model reached (the report keeps it), and the report adds how often the Keras
+    model at sharpness 1 predicts the class ``spiking.onnx`` does. With ``finetune``
+    (and ``data``) the converter trains on from the model's weights, as ``convert``
+    does; the Keras model given is left as it is.
     """
     import keras
 
@@ -295,15 +298,17 @@ def export_keras(model, out_dir: str | Path | None = None, *, data: str | Datase
         if not model._called:          # the check Keras' export makes: it exports called models only
             model(keras.ops.zeros((1, *model.inputs[0].shape[1:])))
         model.export(str(exported), format="onnx", verbose=False)
-        result = convert(exported, out_dir, data=dataset, normalize=normalize, seed=seed, finetune=False, **options)
-    _, test, _ = _inputs(dataset, result.spiking_network, normalize, seed)
-    keras_spiking = build_spiking_keras_predictions(model, test)
-    onnx_predictions = runtime.predict(result.spiking_model, test).reshape(len(test), -1).argmax(1)
+        result = convert(exported, out_dir, data=dataset, normalize=normalize, seed=seed, finetune=finetune,
+                         **options)
     report = result.report
     report["model"].update(path=f"Keras model '{model.name}'", source="keras")
-    report["equivalence"]["keras_vs_spiking_onnx"] = {
-        "samples": len(test), "agreement": float(np.mean(keras_spiking == onnx_predictions)),
-        "differences": np.flatnonzero(keras_spiking != onnx_predictions)[:100].tolist()}
+    if not report["finetune"]["performed"]:      # else the spiking graph is no longer this model's
+        _, test, _ = _inputs(dataset, result.spiking_network, normalize, seed)
+        keras_spiking = build_spiking_keras_predictions(model, test)
+        onnx_predictions = runtime.predict(result.spiking_model, test).reshape(len(test), -1).argmax(1)
+        report["equivalence"]["keras_vs_spiking_onnx"] = {
+            "samples": len(test), "agreement": float(np.mean(keras_spiking == onnx_predictions)),
+            "differences": np.flatnonzero(keras_spiking != onnx_predictions)[:100].tolist()}
     if out_dir is not None:
         write_atomic(Path(out_dir) / "report.json", json_bytes(report))
     return result

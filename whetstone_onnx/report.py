@@ -8,7 +8,8 @@ import platform
 from importlib import metadata
 
 SCHEMA = "whetstone_onnx.report"
-SCHEMA_VERSION = "1.0"
+# 1.1: equivalence.sharpenable.sharpness is per layer (a Whetstone Keras export starts sharpened).
+SCHEMA_VERSION = "1.1"
 
 _PACKAGES = ("whetstone-onnx", "onnx", "onnxruntime", "onnx-ir", "numpy", "scikit-learn", "tensorflow",
              "keras", "tf2onnx")
