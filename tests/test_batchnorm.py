@@ -276,7 +276,7 @@ def test_snntorch_refuses_per_neuron_lif_thresholds(rng, tmp_path):
         import_nir.import_from_nir(nir.read(tmp_path / "model.nir"))
 
 
-# ------------------------------------------------------------------ Keras: builder, write-back, front end
+# ------------------------------------------------------------------ Keras: builder, write-back, export
 
 
 def flat_batchnorm_network(rng) -> Network:

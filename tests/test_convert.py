@@ -6,7 +6,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
+from conftest import MODELS, graph_model
+from onnx import helper
 
 from whetstone_onnx import api, runtime
 from whetstone_onnx.emit import to_onnx
@@ -108,6 +109,28 @@ def test_unsupported_ops_are_all_listed_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
     inspected = api.inspect(MODELS / "digits_lstm.onnx")
     assert not inspected.supported and [op for op, _ in inspected.unsupported] == ["LSTM"]
+
+
+def test_the_output_normaliser_removed_is_named_even_behind_an_identity(rng):
+    nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["logits"], name="fc", transB=1),
+             helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=-1),
+             helper.make_node("Identity", ["p"], ["y"], name="out")]
+    model = graph_model(nodes, {"W": rng.normal(size=(10, 64)).astype(np.float32),
+                                "B": rng.normal(size=10).astype(np.float32)}, [64], [10])
+    result = api.convert(model, netlist=False)
+    assert result.report["model"]["output"]["removed_normaliser"] == "Softmax"
+    assert result.report["equivalence"]["float"]["passed"]
+
+
+def test_inspect_keys_ops_of_other_domains_by_domain_in_counts_and_refusals(tmp_path):
+    sharpenable = api.convert(MODELS / "digits_dense.onnx", finetune=False, netlist=False).sharpenable_model
+    info = api.inspect(sharpenable)
+    assert info.supported and info.ops["org.whetstone.BoundedRelu"] == {"count": 3, "supported": True}
+    sharpenable.graph.node[1].op_type = "Frobnicate"
+    onnx.save(sharpenable, tmp_path / "unknown_op.onnx")
+    info = api.inspect(tmp_path / "unknown_op.onnx")
+    assert info.unsupported == [("org.whetstone.Frobnicate", sharpenable.graph.node[1].name)]
+    assert info.ops["org.whetstone.Frobnicate"] == {"count": 1, "supported": False}
 
 
 def test_data_that_does_not_fit_the_model_is_a_data_error():

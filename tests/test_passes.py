@@ -165,6 +165,34 @@ def test_keras_dynamic_flatten_and_layout_transpose_are_folded(rng):
     assert np.abs(expected - probabilities).max() <= 1e-5
 
 
+def test_old_ir_model_listing_its_weights_as_inputs_before_the_data_converts_exactly(rng):
+    """IR < 4: every initializer is also a graph input, here the channel scale first. The
+    passes see one data input, so the scale folds into the conv and the layout transpose
+    into the dense layer (rather than being moved onto the scale)."""
+    inits = {"scale": rng.uniform(0.5, 2.0, (1, 3, 1, 1)).astype(np.float32),
+             "W": rng.normal(size=(3, 2, 3, 3)).astype(np.float32), "shape": np.array([-1, 48], np.int64),
+             "G": rng.normal(size=(48, 5)).astype(np.float32), "B": rng.normal(size=5).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+             helper.make_node("Mul", ["c", "scale"], ["m"], name="mul"),
+             helper.make_node("Transpose", ["m"], ["t"], perm=[0, 2, 3, 1], name="nhwc"),
+             helper.make_node("Reshape", ["t", "shape"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "G", "B"], ["y"], name="fc")]
+    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+              for name, v in inits.items()]
+    graph = helper.make_graph(nodes, "ir3", [*inputs, helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                      ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5])],
+                              [onnx.numpy_helper.from_array(v, name) for name, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
+    onnx.checker.check_model(model)
+    converted, counts, network = canonical(model)
+    assert counts["move_transposes"] == 0 and counts["fold_layout_transpose"] == 1 and counts["fold_scale_shift"] == 1
+    assert [layer.kind for layer in network.layers] == ["conv2d", "reshape", "dense"]
+    assert len(model.graph.input) == 6                      # the caller's model is left as it was
+    x = rng.normal(size=(16, 2, 6, 6)).astype(np.float32)
+    assert relative_difference(model, converted, x) <= 1e-5
+
+
 def test_pytorch_opset11_graph_is_pinned_and_lifted():
     loaded = load_model(MODELS / "torchstyle_digits_conv.onnx")
     assert loaded.original_opset == 11

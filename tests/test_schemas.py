@@ -45,6 +45,19 @@ def test_report_without_data_or_netlist_validates(tmp_path):
     assert result.report["accuracy"] is None and errors("report", result.report) == []
 
 
+def test_export_keras_report_validates(tmp_path):
+    keras = pytest.importorskip("keras")
+    from whetstone_onnx.keras import BoundedRelu, SoftmaxDecode
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), BoundedRelu(0.5),
+                              keras.layers.Dense(40), BoundedRelu(1.0), SoftmaxDecode(size=(10, 40))])
+    api.export_keras(model, tmp_path, data="digits")
+    document = json.loads((tmp_path / "report.json").read_text())
+    assert document["model"]["source"] == "keras" and "keras_vs_spiking_onnx" in document["equivalence"]
+    assert errors("report", document) == []
+
+
 @pytest.mark.parametrize("change,where", [
     (lambda r: r.pop("passed"), "'passed' is a required property"),
     (lambda r: r["equivalence"]["spiking"].update(passed="yes"), "equivalence/spiking/passed"),

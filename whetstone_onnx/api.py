@@ -29,7 +29,8 @@ from .ops.activation import Activation, Sharpenable, Spike
 from .passes.activations import activations_before_pooling, replace_activations
 from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
 from .passes.output_stage import OUTPUT_MODES, make_output_stage
-from .passes.pipeline import run_onnx_passes, unsupported_message, unsupported_nodes
+from .passes.output import REMOVED_NORMALISER
+from .passes.pipeline import qualified_op_type, run_onnx_passes, unsupported_message, unsupported_nodes
 from .passes.spiking import to_step_network
 from .plot import training_plot
 from .report import SCHEMA, SCHEMA_VERSION, accuracy_table, package_versions
@@ -48,7 +49,7 @@ RANDOM_CHECK_SAMPLES = 256
 class InspectResult:
     source: str
     opset: int
-    ops: dict[str, dict]                          # op type -> {"count", "supported"}
+    ops: dict[str, dict]                          # (domain.)op type -> {"count", "supported"}
     unsupported: list[tuple[str, str]]            # (op type, node name)
     layers: list[dict] = field(default_factory=list)   # planned network, when supported
     problem: str | None = None                    # why the plan failed, when it did
@@ -72,7 +73,7 @@ class InspectResult:
 def inspect(model: ModelInput) -> InspectResult:
     """What the model holds, what is supported, and the spiking layers the converter would build."""
     loaded = load_model(model)
-    counts = Counter(node.op_type for node in loaded.model.graph.node)
+    counts = Counter(qualified_op_type(node) for node in loaded.model.graph.node)
     unsupported = unsupported_nodes(loaded.model)
     refused = {op_type for op_type, _ in unsupported}
     result = InspectResult(loaded.source, loaded.original_opset,
@@ -96,7 +97,7 @@ def inspect(model: ModelInput) -> InspectResult:
 @dataclass
 class ConversionResult:
     report: dict
-    float_model: onnx.ModelProto | None      # None for a Keras source (export_keras)
+    float_model: onnx.ModelProto
     sharpenable_model: onnx.ModelProto
     spiking_model: onnx.ModelProto
     sharpenable_network: Network
@@ -213,11 +214,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     with clock("spike_check"):
         spike_check = check.check_spiking(spiking, test)
         if tuned is not None:
-            onnx_predictions = runtime.predict(spiking_model, test).reshape(len(test), -1).argmax(1)
-            differences = np.flatnonzero(onnx_predictions != tuned.keras_spiking_predictions)
-            finetune_report["keras_vs_spiking_onnx"] = {
-                "samples": len(test), "agreement": float(1.0 - len(differences) / len(test)),
-                "differences": differences[:100].tolist()}
+            finetune_report["keras_vs_spiking_onnx"] = _keras_vs_spiking_onnx(
+                tuned.keras_spiking_predictions, spiking_model, test)
     accuracy = None
     if dataset is not None:
         with clock("accuracy"):
@@ -304,11 +302,8 @@ def export_keras(model, out_dir: str | Path | None = None, *, data: str | Datase
     report["model"].update(path=f"Keras model '{model.name}'", source="keras")
     if not report["finetune"]["performed"]:      # else the spiking graph is no longer this model's
         _, test, _ = _inputs(dataset, result.spiking_network, normalize, seed)
-        keras_spiking = build_spiking_keras_predictions(model, test)
-        onnx_predictions = runtime.predict(result.spiking_model, test).reshape(len(test), -1).argmax(1)
-        report["equivalence"]["keras_vs_spiking_onnx"] = {
-            "samples": len(test), "agreement": float(np.mean(keras_spiking == onnx_predictions)),
-            "differences": np.flatnonzero(keras_spiking != onnx_predictions)[:100].tolist()}
+        report["equivalence"]["keras_vs_spiking_onnx"] = _keras_vs_spiking_onnx(
+            build_spiking_keras_predictions(model, test), result.spiking_model, test)
     if out_dir is not None:
         write_atomic(Path(out_dir) / "report.json", json_bytes(report))
     return result
@@ -349,11 +344,9 @@ class _Clock:
 
 
 def _float_network(loaded: LoadedModel) -> tuple[Network, dict[str, int], str | None]:
-    last = next((n for n in loaded.model.graph.node if loaded.model.graph.output[0].name in n.output), None)
     model, counts = run_onnx_passes(loaded.model)
-    # A Softmax that ends a recognised N-hot decode stays part of it.
-    normaliser = last.op_type if counts["remove_output_softmax"] else None
-    return lift(model), counts, normaliser
+    # (A Softmax that ends a recognised N-hot decode stays part of it.)
+    return lift(model), counts, model.graph.meta.get(REMOVED_NORMALISER)
 
 
 def _inputs(dataset: Dataset | None, network: Network, normalize, seed: int):
@@ -373,6 +366,13 @@ def _check_inputs(test: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Real inputs plus random ones, so the float check also covers off-distribution values."""
     random = rng.standard_normal((min(len(test), RANDOM_CHECK_SAMPLES), *test.shape[1:])).astype(np.float32)
     return np.concatenate([test, random])
+
+
+def _keras_vs_spiking_onnx(keras_predictions: np.ndarray, spiking_model: onnx.ModelProto, x: np.ndarray) -> dict:
+    """How often the Keras model at sharpness 1 and ``spiking.onnx`` predict the same class (first 100 differences)."""
+    differences = np.flatnonzero(runtime.predict(spiking_model, x).reshape(len(x), -1).argmax(1) != keras_predictions)
+    return {"samples": len(x), "agreement": float(1.0 - len(differences) / len(x)),
+            "differences": differences[:100].tolist()}
 
 
 def _accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:

@@ -76,6 +76,7 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
     else:
         proto = onnx.ModelProto.FromString(raw)
     proto.ir_version = PINNED_IR_VERSION
+    _drop_initializer_inputs(proto)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except Exception as exc:
@@ -94,6 +95,16 @@ def _count_initializer_inputs(proto: onnx.ModelProto) -> int:
     # Models from IR < 4 list initializers as graph inputs too.
     names = {init.name for init in proto.graph.initializer}
     return sum(1 for value in proto.graph.input if value.name in names)
+
+
+def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:
+    """From IR 4 on, graph inputs are the data only; the converter takes the weights as the
+    constants they are meant to be (an older model's graph inputs may also list them, even
+    before the data input)."""
+    names = {init.name for init in proto.graph.initializer}
+    data_inputs = [value for value in proto.graph.input if value.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(data_inputs)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -20,7 +20,10 @@ convolution, passes/spiking.py) stay per-neuron v_threshold arrays, which NIR
 allows but snnTorch's importer refuses; the metadata lists those nodes.
 Max pooling has no NIR node: on binary spikes it is an OR of the window, written
 as SumPool2d followed by a unit firing on a sum > 0.5 (exact). The N-hot key goes
-into the graph metadata so a reader can decode the output spikes.
+into the graph metadata so a reader can decode the output spikes. A network that
+starts with a layout change (a Keras image model's NHWC -> NCHW Transpose) has
+none of its own in NIR: the metadata's ``input_transpose`` gives the axis order a
+reader applies to inputs in the model's layout (ops/shape.py).
 """
 from __future__ import annotations
 

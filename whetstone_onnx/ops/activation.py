@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..network import Layer, OnnxBuilder
-from ..passes.graph import follow_chain, scalar_operand
+from ..passes.graph import data_input, follow_chain, scalar_operand
 from ..spiking_onnx import (BRELU_THRESHOLD, DOMAIN, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN,
                             SIGMOID_THRESHOLD)
 from .registry import LiftContext, Recognised, lifts, recognises
@@ -211,7 +211,7 @@ def recognise_exported_bounded_ramp(node: ir.Node) -> Recognised | None:
 def recognise_exported_sigmoid(node: ir.Node) -> Recognised | None:
     """sigmoid(clip(x * k, -40, 40)) with k = 4 ln(2 + sqrt 3) / (1 - s + 1e-3): a SharpSigmoid at sharpness s < 1."""
     chain = follow_chain(node, ("Mul", ("Min", "Max"), ("Min", "Max"), "Sigmoid"))
-    data = next((v for v in node.inputs if v.const_value is None), None)
+    data = data_input(node)
     if chain is None or data is None or not _clips_to(chain[:3], -float(SIGMOID_CLIP), float(SIGMOID_CLIP)):
         return None
     gain = scalar_operand(node, data)

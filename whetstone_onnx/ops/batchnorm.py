@@ -20,7 +20,7 @@ from .registry import LiftContext, lifts
 
 def batchnorm_affine(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) in float64 with gamma (x - mean) / sqrt(var + epsilon) + beta = x * scale + shift:
-    the one formula every batch-norm fold uses (ONNX passes, Keras front end and write-back, step network)."""
+    the one formula every batch-norm fold uses (ONNX passes, Keras builder and write-back, step network)."""
     gamma, beta, mean, var = (np.asarray(p, np.float64) for p in (gamma, beta, mean, var))
     scale = gamma / np.sqrt(var + epsilon)
     return scale, beta - mean * scale

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..network import Layer, OnnxBuilder
-from ..passes.graph import const_array, follow_chain, scalar_operand
+from ..passes.graph import const_array, data_input, follow_chain, scalar_operand
 from ..spiking_onnx import DOMAIN
 from .registry import LiftContext, Recognised, lifts, recognises
 
@@ -87,7 +87,7 @@ def lift_nhot_decode(node, ctx: LiftContext) -> NHotDecode:
 def recognise_exported_decode(node: ir.Node) -> Recognised | None:
     """Softmax((2 x - 1) @ S) over the last axis, S a constant of +-1: NHotDecode with key (S^T + 1) / 2."""
     chain = follow_chain(node, ("Mul", "Sub", "MatMul", "Softmax"))
-    data = next((v for v in node.inputs if v.const_value is None), None)
+    data = data_input(node)
     if chain is None or data is None or scalar_operand(node, data) != 2.0 \
             or chain[1].inputs[0] is not node.outputs[0] or scalar_operand(chain[1], node.outputs[0]) != 1.0 \
             or chain[2].inputs[0] is not chain[1].outputs[0] or chain[3].attributes.get_int("axis", -1) not in (-1, 1):

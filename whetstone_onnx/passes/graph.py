@@ -14,6 +14,11 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
+def data_input(node: ir.Node) -> ir.Value | None:
+    """The node's first input that is not a constant, or None when all are."""
+    return next((v for v in node.inputs if v is not None and v.const_value is None), None)
+
+
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """Register ``array`` as a new initializer with a name unique in the graph."""
     taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}

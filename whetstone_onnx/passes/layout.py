@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..spiking_onnx import DOMAIN
-from .graph import add_initializer, bypass, const_array, only_consumer, static_shape
+from .graph import add_initializer, bypass, const_array, data_input, only_consumer, static_shape
 
 # Elementwise ops with scalar parameters; Mul / Add / Sub / Div with a constant also
 # let a transpose cross them (the constant's axes permuted along).
@@ -38,25 +38,19 @@ def move_transposes(model: ir.Model) -> int:
         perm, data = _perm(transpose), transpose.inputs[0]
         below = _movable_run(transpose.outputs[0], len(perm))
         end = only_consumer(below[-1].outputs[0] if below else transpose.outputs[0])
-        above = _movable_run_up(data, len(perm))
-        if below and end is not None and end.op_type == "Transpose" and _is_inverse(perm, _perm(end)):
-            _relayout(graph, below, _inverse(perm))
-            below[0].replace_input_with(list(below[0].inputs).index(transpose.outputs[0]), data)
-            bypass(graph, end, below[-1].outputs[0])
-            graph.remove(transpose, safe=True)
-        elif end is not None and end.op_type == "Transpose" and not below and _is_inverse(perm, _perm(end)):
-            bypass(graph, end, data)
+        above, source = _movable_run_up(data, len(perm))
+        if end is not None and end.op_type == "Transpose" and _is_inverse(perm, _perm(end)):
+            _move_below(graph, transpose, below)
+            bypass(graph, end, below[-1].outputs[0] if below else data)
             graph.remove(transpose, safe=True)
         elif below and end is not None and end.op_type in FLATTENS:
             transposed_shape = below[-1].outputs[0].shape
-            _relayout(graph, below, _inverse(perm))
-            below[0].replace_input_with(list(below[0].inputs).index(transpose.outputs[0]), data)
+            _move_below(graph, transpose, below)
             moved = _transpose_node(below[-1].outputs[0], perm, transpose.name, transposed_shape)
             graph.insert_after(below[-1], moved)
             end.replace_input_with(0, moved.outputs[0])
             graph.remove(transpose, safe=True)
-        elif above and above[0].inputs and any(v.is_graph_input() for v in above[0].inputs):
-            source = next(v for v in above[0].inputs if v.is_graph_input())
+        elif above and graph.inputs and source is graph.inputs[0]:
             moved = _transpose_node(source, perm, transpose.name, ir.Shape([source.shape[i] for i in perm]))
             graph.insert_before(above[0], moved)
             above[0].replace_input_with(list(above[0].inputs).index(source), moved.outputs[0])
@@ -101,16 +95,24 @@ def _movable_run(value: ir.Value, rank: int) -> list[ir.Node]:
     return run
 
 
-def _movable_run_up(value: ir.Value, rank: int) -> list[ir.Node]:
-    """The movable nodes before ``value`` (each output read only by the next), first first."""
+def _movable_run_up(value: ir.Value, rank: int) -> tuple[list[ir.Node], ir.Value]:
+    """The movable nodes before ``value`` (each output read only by the next), first first,
+    and the value the run starts from."""
     run: list[ir.Node] = []
     while (node := value.producer()) is not None and only_consumer(value) is not None:
-        data = next((v for v in node.inputs if v is not None and const_array(v) is None), None)
+        data = data_input(node)
         if data is None or not _movable(node, data, rank):
             break
         run.insert(0, node)
         value = data
-    return run
+    return run, value
+
+
+def _move_below(graph: ir.Graph, transpose: ir.Node, run: list[ir.Node]) -> None:
+    """``run`` (the movable nodes after ``transpose``) now reads the untransposed data."""
+    if run:
+        _relayout(graph, run, _inverse(_perm(transpose)))
+        run[0].replace_input_with(list(run[0].inputs).index(transpose.outputs[0]), transpose.inputs[0])
 
 
 def _relayout(graph: ir.Graph, run: list[ir.Node], perm: list[int]) -> None:

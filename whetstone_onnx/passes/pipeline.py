@@ -52,12 +52,18 @@ PASS_HANDLED_OPS = frozenset((*PASS_THROUGH_OPS, *SHAPE_ARITHMETIC_OPS, "BatchNo
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
     """(op type, node name) of every node no pass or op family handles. The nodes of a
-    chain an op family recognises (passes/recognise.py) count as handled."""
+    chain an op family recognises (passes/recognise.py) count as handled: the passes up
+    to the recognition run first, as in the conversion, so that constants are in place."""
     graph = ir.serde.deserialize_model(model)
-    recognise_whetstone_layers(graph)
-    return [(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}", node.name)
-            for node in graph.graph
+    recognised = [name for name, _ in ONNX_PASSES].index("recognise_whetstone_layers") + 1
+    _run(graph, ONNX_PASSES[:recognised])
+    return [(qualified_op_type(node), node.name) for node in graph.graph
             if lifter_for(node) is None and (node.domain not in ("", "ai.onnx") or node.op_type not in PASS_HANDLED_OPS)]
+
+
+def qualified_op_type(node: onnx.NodeProto | ir.Node) -> str:
+    """The op type, prefixed with its domain unless that is the standard one."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
 def unsupported_message(source: str, nodes: list[tuple[str, str]]) -> str:
@@ -67,7 +73,8 @@ def unsupported_message(source: str, nodes: list[tuple[str, str]]) -> str:
 
 def run_onnx_passes(proto: onnx.ModelProto) -> tuple[ir.Model, dict[str, int]]:
     model = ir.serde.deserialize_model(proto)
-    counts = {}
-    for name, onnx_pass in ONNX_PASSES:
-        counts[name] = onnx_pass(model)
-    return model, counts
+    return model, _run(model, ONNX_PASSES)
+
+
+def _run(model: ir.Model, passes: list[tuple[str, Callable[[ir.Model], int]]]) -> dict[str, int]:
+    return {name: onnx_pass(model) for name, onnx_pass in passes}

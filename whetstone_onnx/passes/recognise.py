@@ -29,7 +29,7 @@ def recognise_whetstone_layers(model: ir.Model) -> int:
             if found is None:
                 continue
             # Keras names nodes "<model>/<layer>/<op>": the op takes the layer's name.
-            name = node.name.rsplit("/", 1)[0] if "/" in node.name else node.name
+            name = (node.name or found.op_type).rsplit("/", 1)[0]
             constants = [add_initializer(graph, f"{name}.{suffix}", array) for suffix, array in found.constants]
             replacement = ir.Node(DOMAIN, found.op_type, [found.data, *constants], name=name)
             replace_node(graph, found.nodes[-1], replacement)
