@@ -243,3 +243,42 @@ def test_shifted_batches_keep_each_image_with_its_label_and_redraw_per_epoch():
         seen.append(batches.order.copy())
         batches.on_epoch_end()
     assert sorted(seen[0]) == list(range(100)) and not np.array_equal(seen[0], seen[1])
+
+
+def test_distillation_targets_are_the_teachers_probabilities_on_the_shifted_images_the_model_sees():
+    from whetstone_onnx.finetune import DISTILLATION_TEMPERATURE, _training_data
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 1, 20, 20)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+
+    def teacher(images):          # any function of the exact pixels: three "logits" per image
+        return np.stack([images[:, 0, :10].sum((1, 2)), images[:, 0, 10:].sum((1, 2)),
+                         images[:, 0, :, :10].sum((1, 2))], axis=1)
+
+    options = api.FinetuneOptions(shift=2, batch_size=16, seed=3, distillation=0.5)
+    batches = _training_data(x, labels, options, teacher)["x"]
+    images, targets = batches[1]
+    rows = batches.order[16:32]
+    np.testing.assert_array_equal(targets[:, 0], labels[rows])
+    logits = teacher(images) / DISTILLATION_TEMPERATURE
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(targets[:, 1:], expected / expected.sum(1, keepdims=True), rtol=1e-6)
+    assert not np.allclose(teacher(images), teacher(x[rows]))      # the shifted images, not the stored ones
+    unshifted = _training_data(x, labels, api.FinetuneOptions(shift=0, distillation=0.5), teacher)
+    assert unshifted["y"].shape == (40, 4) and np.allclose(unshifted["y"][:, 1:].sum(1), 1.0)
+
+
+def test_distillation_from_the_original_model_trains_reproducibly_and_is_reported(tmp_path):
+    options = dict(epochs=2, straight_through_epochs=1, distillation=0.9)
+    runs = [api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False,
+                        finetune=api.FinetuneOptions(**options)) for _ in range(2)]
+    plain = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False,
+                        finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=1))
+    history = runs[0].report["finetune"]["history"]
+    assert history == runs[1].report["finetune"]["history"]
+    assert [row["loss"] for row in history] != [row["loss"] for row in plain.report["finetune"]["history"]]
+    assert runs[0].report["finetune"]["options"]["distillation"] == 0.9
+    assert runs[0].report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0 and runs[0].passed
+    assert runs[0].accuracy["spiking"] >= 0.85
+    with pytest.raises(api.InputError, match="--distill 1.5: expected a weight from 0 to 1"):
+        api.convert(MODELS / "digits_dense.onnx", data="digits", finetune=api.FinetuneOptions(distillation=1.5))

@@ -189,7 +189,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     else:
         with clock("finetune"):
             tuned = run_finetune(sharpenable, train, dataset.y_train, test, dataset.y_test, finetune_options,
-                                 progress=progress)
+                                 progress=progress, teacher=runtime.batch_function(float_model)
+                                 if finetune_options.distillation else None)
         trained = tuned.network
         finetune_report.update(performed=True, options=asdict(tuned.options),
                                reached_full_sharpness=tuned.reached_full_sharpness, history=tuned.history)

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--shift", type=int, metavar="PIXELS", default=defaults.shift,
                         help="shift training images by up to PIXELS at random each epoch "
                              f"(default 1 for images of at least {MIN_SHIFTED_SIDE} pixels a side, else 0)")
+    tuning.add_argument("--distill", type=float, metavar="WEIGHT", default=defaults.distillation,
+                        help="weight of the original model's soft class probabilities in the loss, for "
+                             "fine-tuning data fewer than the model was trained on (0 to 1, default 0)")
     return parser
 
 
@@ -165,7 +168,7 @@ def _convert(args) -> int:
     options = FinetuneOptions(epochs=args.epochs, sharpener=args.sharpener, optimizer=args.optimizer,
                               learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
                               straight_through_epochs=args.ste_epochs, batchnorm=args.batchnorm,
-                              shift=args.shift)
+                              shift=args.shift, distillation=args.distill)
     result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
                          key_width=args.key_width, seed=args.seed,
                          finetune=False if args.no_finetune else options,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,6 +25,9 @@ OPTIMIZERS = ("adam", "adadelta", "sgd", "rmsprop", "nadam")
 BATCHNORM_LAYERS = ("none", "dense", "all")
 # Smaller images (digits' 8 x 8) lose too much to a one-pixel shift.
 MIN_SHIFTED_SIDE = 16
+# Softens the original model's probabilities for distillation (T = 1 gave 96.0 vs 96.9 %
+# for mnist_conv fine-tuned on 1000 images, weight 0.9).
+DISTILLATION_TEMPERATURE = 4.0
 
 
 @dataclass
@@ -71,6 +75,14 @@ class FinetuneOptions:
     # 10 units per class, temperature 8): mnist_conv 98.55 % with 1 pixel, 98.10 % with
     # 2, 97.95 % without (float 98.65 %).
     shift: int | None = None
+    # Knowledge distillation: the weight, in the loss, of the original model's class
+    # probabilities (at DISTILLATION_TEMPERATURE) on each training input, the labels
+    # taking the rest. For fine-tuning data fewer than the model was trained on: with
+    # weight 0.9, the MNIST conv nets (trained on 8000 images) fine-tuned on the first
+    # 1000 reach 95.90 / 97.25 % instead of 95.50 / 95.15 % (mnist_conv / torchstyle,
+    # spiking, N-hot), on 2000 97.20 / 97.10 instead of 97.80 / 96.15; on all 8000
+    # it costs accuracy (97.75 / 98.50 instead of 98.65 / 98.75), hence off by default.
+    distillation: float = 0.0
 
     def validate(self) -> None:
         if self.sharpener not in SHARPENERS:
@@ -90,6 +102,8 @@ class FinetuneOptions:
             raise InputError(f"code temperature {self.code_temperature}: must be positive")
         if self.shift is not None and self.shift < 0:
             raise InputError(f"--shift {self.shift}: must be >= 0")
+        if not 0.0 <= self.distillation <= 1.0:
+            raise InputError(f"--distill {self.distillation}: expected a weight from 0 to 1")
 
     def resolved(self, sample_shape: tuple[int, ...]) -> FinetuneOptions:
         """These options with ``shift`` decided for inputs of ``sample_shape``."""
@@ -112,8 +126,13 @@ class FinetuneResult:
 
 
 def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
-             y_eval: np.ndarray, options: FinetuneOptions, *, progress: bool = False) -> FinetuneResult:
+             y_eval: np.ndarray, options: FinetuneOptions, *, progress: bool = False,
+             teacher: Callable[[np.ndarray], np.ndarray] | None = None) -> FinetuneResult:
+    """Train ``network`` (sharpenable) on the training data while it is sharpened; ``teacher``
+    gives the original model's logits for a batch of inputs (used with ``options.distillation``)."""
     options.validate()
+    if options.distillation and teacher is None:
+        raise ValueError("distillation needs the original model as teacher")
     options = options.resolved(x_train.shape[1:])
     import keras
     import tensorflow as tf
@@ -140,9 +159,12 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
         sharpener = AdaptiveSharpener(min_init_epochs=options.warmup_epochs, rate=len(layers) / sharpening_epochs,
                                       cz_rate=len(layers) / sharpening_epochs / 2, patience=1)
     model = _training_model(model, options.code_temperature)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    data = _training_data(x_train, y_train, options)
+    if options.distillation:
+        loss, accuracy = _distillation_loss(options.distillation)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    data = _training_data(x_train, y_train, options, teacher if options.distillation else None)
     # Cosine decay over the whole run: sharpening ends with small steps, and the
     # straight-through epochs settle instead of oscillating between codes.
     total_steps = batches * (options.epochs + options.straight_through_epochs)
@@ -169,10 +191,38 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
     return FinetuneResult(trained, monitor.history, predictions, reached, options)
 
 
-def _training_data(x: np.ndarray, targets: np.ndarray, options: FinetuneOptions) -> dict:
-    """``model.fit`` arguments: the arrays, or seeded batches of shifted images."""
+def _distillation_loss(weight: float):
+    """(loss, accuracy) for targets (label, teacher probabilities...) per row (see _training_data)."""
+    import keras
+    from keras import ops
+
+    def loss(targets, logits):
+        labels = ops.cast(targets[:, 0], "int32")
+        hard = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        soft = keras.losses.categorical_crossentropy(targets[:, 1:], logits, from_logits=True)
+        return (1.0 - weight) * hard + weight * soft
+
+    def accuracy(targets, logits):
+        return ops.cast(ops.equal(ops.argmax(logits, -1), ops.cast(targets[:, 0], "int64")), "float32")
+
+    return loss, accuracy
+
+
+def _training_data(x: np.ndarray, labels: np.ndarray, options: FinetuneOptions,
+                   teacher: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """``model.fit`` arguments: the arrays, or seeded batches of shifted images. The targets
+    are the labels; with a teacher, rows of (label, the teacher's probabilities on the
+    input as the model sees it, shifted or not)."""
+    def targets_of(images, rows):
+        if teacher is None:
+            return labels[rows]
+        logits = teacher(images).astype(np.float64) / DISTILLATION_TEMPERATURE
+        probabilities = np.exp(logits - logits.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        return np.concatenate([labels[rows, None], probabilities], axis=1).astype(np.float32)
+
     if options.shift == 0:
-        return {"x": x, "y": targets, "batch_size": options.batch_size, "shuffle": True}
+        return {"x": x, "y": targets_of(x, slice(None)), "batch_size": options.batch_size, "shuffle": True}
     import keras
 
     class ShiftedImages(keras.utils.PyDataset):
@@ -196,7 +246,8 @@ def _training_data(x: np.ndarray, targets: np.ndarray, options: FinetuneOptions)
 
         def __getitem__(self, index):
             rows = self.order[index * options.batch_size:(index + 1) * options.batch_size]
-            return _shift_images(x[rows], self.offsets[rows], options.shift, self.fill), targets[rows]
+            images = _shift_images(x[rows], self.offsets[rows], options.shift, self.fill)
+            return images, targets_of(images, rows)
 
         def on_epoch_end(self):
             self.epoch += 1

@@ -1,6 +1,8 @@
 """onnxruntime, the judge: one place that opens sessions and runs batches."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -28,6 +30,13 @@ def predict(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """The model's first output on ``x``."""
     output = model.graph.output[0].name
     return run(model, x)[output]
+
+
+def batch_function(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's first output as a function of one batch, on a session opened once."""
+    sess = session(model)
+    input_name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {input_name: x.astype(np.float32)})[0].reshape(len(x), -1)
 
 
 def with_outputs(model: onnx.ModelProto, values: list[str]) -> onnx.ModelProto:
