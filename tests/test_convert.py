@@ -122,6 +122,24 @@ def test_the_output_normaliser_removed_is_named_even_behind_an_identity(rng):
     assert result.report["equivalence"]["float"]["passed"]
 
 
+def test_an_exported_step_whose_threshold_is_a_constant_node_is_recognised_by_inspect_and_convert(rng):
+    # The exported form of a BoundedRelu at sharpness 1, with its 0.5 in a Constant node and
+    # the nodes unnamed: recognised once the constants are lifted, as convert lifts them.
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Constant", [], ["half"], value=onnx.numpy_helper.from_array(np.float32(0.5))),
+             helper.make_node("GreaterOrEqual", ["h", "half"], ["fired"]),
+             helper.make_node("Cast", ["fired"], ["spikes"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Gemm", ["spikes", "W2", "B2"], ["y"], name="fc2", transB=1)]
+    model = graph_model(nodes, {"W1": rng.normal(size=(16, 64)).astype(np.float32),
+                                "B1": rng.normal(size=16).astype(np.float32),
+                                "W2": rng.normal(size=(10, 16)).astype(np.float32),
+                                "B2": rng.normal(size=10).astype(np.float32)}, [64], [10])
+    info = api.inspect(model)
+    assert info.supported and info.ops["GreaterOrEqual"] == {"count": 1, "supported": True}
+    result = api.convert(model, finetune=False, netlist=False)
+    assert result.report["passes"]["onnx"]["recognise_whetstone_layers"] == 1 and result.passed
+
+
 def test_inspect_keys_ops_of_other_domains_by_domain_in_counts_and_refusals(tmp_path):
     sharpenable = api.convert(MODELS / "digits_dense.onnx", finetune=False, netlist=False).sharpenable_model
     info = api.inspect(sharpenable)
