@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.special import softmax
 
 from .errors import InputError
 from .network import LinearLayer, Network
@@ -216,9 +217,7 @@ def _training_data(x: np.ndarray, labels: np.ndarray, options: FinetuneOptions,
     def targets_of(images, rows):
         if teacher is None:
             return labels[rows]
-        logits = teacher(images).astype(np.float64) / DISTILLATION_TEMPERATURE
-        probabilities = np.exp(logits - logits.max(1, keepdims=True))
-        probabilities /= probabilities.sum(1, keepdims=True)
+        probabilities = softmax(teacher(images).astype(np.float64) / DISTILLATION_TEMPERATURE, axis=1)
         return np.concatenate([labels[rows, None], probabilities], axis=1).astype(np.float32)
 
     if options.shift == 0:
