@@ -11,12 +11,16 @@ accuracy, difference, whether the target is met, and wall time.
 digits >= float - 1 point with the whole conversion under 60 s; mnist_dense
 >= float - 0.5; the MNIST conv nets >= float - 0.3 and >= 97.5 %.
 
-``--train-samples N`` fine-tunes on the first N training samples only: the
-fixtures were trained on the whole training split, so this is a model pretrained
-on more data than it is fine-tuned with (the 60,000 MNIST training images are not
-on the project's machines); its accuracy is still compared with the original
-model's on the same held-out images. ``--distill WEIGHT`` sets
-``FinetuneOptions.distillation``.
+A model pretrained on more data than the fine-tuning split must keep its
+accuracy, measured against the original model on the same held-out images. The
+60,000 MNIST training images are not on the project's machines, so
+``torchstyle_mnist_conv_distorted`` stands in: pretrained on distorted copies of
+the split, it beats what the split alone teaches (99.10 vs 98.85 %), and it is
+fine-tuned on the plain split like the others.
+
+``--train-samples N`` is a harsher stand-in: it fine-tunes on the first N
+training samples only, fewer than the fixtures were trained on. ``--distill
+WEIGHT`` sets ``FinetuneOptions.distillation``.
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ CASES = {
     "mnist_dense": (MNIST, None, 0.5, None, None),
     "mnist_conv": (MNIST, None, 0.3, 97.5, None),
     "torchstyle_mnist_conv": (MNIST, (0.5, 0.5), 0.3, 97.5, None),
+    # Pretrained on distorted copies of the split (more data than the split holds), so
+    # its float accuracy is higher than the split alone teaches; it must keep it.
+    "torchstyle_mnist_conv_distorted": (MNIST, (0.5, 0.5), 0.3, 97.5, None),
 }
 
 
