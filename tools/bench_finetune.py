@@ -87,7 +87,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown models: {', '.join(unknown)}")
     outputs = ("nhot",) if args.quick else ("nhot", "readout")
-    header = (f"{'model':<24}{'output':<9}{'train':>7}{'float %':>9}{'spiking %':>11}{'diff':>8}{'target':>8}"
+    header = (f"{'model':<33}{'output':<9}{'train':>7}{'float %':>9}{'spiking %':>11}{'diff':>8}{'target':>8}"
               f"{'wall s':>8}")
     print(header)
     print("-" * len(header), flush=True)
@@ -96,7 +96,7 @@ def main() -> None:
         for output in outputs:
             row = run_case(name, output, args.train_samples, args.distill)
             rows.append(row)
-            print(f"{row['model']:<24}{row['output']:<9}{row['train_samples']:>7}{row['float']:>9.2f}"
+            print(f"{row['model']:<33}{row['output']:<9}{row['train_samples']:>7}{row['float']:>9.2f}"
                   f"{row['spiking']:>11.2f}"
                   f"{row['difference']:>+8.2f}{'yes' if row['target_met'] else 'no':>8}{row['wall_s']:>8.1f}",
                   flush=True)
