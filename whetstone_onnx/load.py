@@ -61,9 +61,9 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
     original_opset = default_opset(proto)
     if original_opset is None:
         raise InputError(f"{source}: the model imports no ai.onnx opset")
-    if len(proto.graph.input) - _count_initializer_inputs(proto) != 1:
+    if len(_data_inputs(proto)) != 1:
         raise InputError(f"{source}: the model must have exactly one data input "
-                         f"(found {len(proto.graph.input) - _count_initializer_inputs(proto)})")
+                         f"(found {len(_data_inputs(proto))})")
     if len(proto.graph.output) != 1:
         raise InputError(f"{source}: the model must have exactly one output (found {len(proto.graph.output)})")
     original_ir = proto.ir_version
@@ -91,18 +91,17 @@ def default_opset(proto: onnx.ModelProto) -> int | None:
     return None
 
 
-def _count_initializer_inputs(proto: onnx.ModelProto) -> int:
-    # Models from IR < 4 list initializers as graph inputs too.
+def _data_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that are not initializers (models from IR < 4 list those too)."""
     names = {init.name for init in proto.graph.initializer}
-    return sum(1 for value in proto.graph.input if value.name in names)
+    return [value for value in proto.graph.input if value.name not in names]
 
 
 def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:
     """From IR 4 on, graph inputs are the data only; the converter takes the weights as the
     constants they are meant to be (an older model's graph inputs may also list them, even
     before the data input)."""
-    names = {init.name for init in proto.graph.initializer}
-    data_inputs = [value for value in proto.graph.input if value.name not in names]
+    data_inputs = _data_inputs(proto)
     del proto.graph.input[:]
     proto.graph.input.extend(data_inputs)
 
