@@ -24,7 +24,7 @@ def assert_one_line_error(completed: subprocess.CompletedProcess, code: int, tex
 
 def test_convert_writes_the_artifacts_and_prints_the_table(tmp_path):
     completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--data", "digits",
-                        "--no-finetune")
+                        "--no-finetune", "--accept-loss")
     assert completed.returncode == 0, completed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "model.nir", "netlist.json", "netlist.neurons.bin", "netlist.synapses.bin", "report.json",
@@ -106,7 +106,7 @@ def test_version():
 def test_check_reruns_the_equivalence_and_fails_on_a_tampered_netlist(tmp_path):
     nir = pytest.importorskip("nir")
     assert run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--data", "digits",
-                   "--no-finetune").returncode == 0
+                   "--no-finetune", "--accept-loss").returncode == 0
     completed = run_cli("check", str(tmp_path), "--json")
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
@@ -132,7 +132,7 @@ def test_check_on_a_directory_without_outputs_exits_2(tmp_path):
 
 def test_hardware_check_and_quantized_netlist(tmp_path):
     completed = run_cli("convert", str(MODELS / "digits_conv.onnx"), "-o", str(tmp_path), "--data", "digits",
-                        "--no-finetune", "--hardware", "truenorth", "--weight-bits", "4")
+                        "--no-finetune", "--accept-loss", "--hardware", "truenorth", "--weight-bits", "4")
     assert completed.returncode == 0, completed.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     hardware = report["netlist"]["hardware"]

@@ -75,9 +75,15 @@ def test_zoo_summary_validates_for_every_status(tmp_path):
     manifest.write_text(f"""
         [defaults]
         finetune = false
+        accept_loss = true
         [[model]]
         path = "{MODELS.as_posix()}/digits_dense.onnx"
         data = "digits"
+        [[model]]
+        path = "{MODELS.as_posix()}/digits_dense.onnx"
+        name = "strict"
+        data = "digits"
+        accept_loss = false
         [[model]]
         path = "{MODELS.as_posix()}/digits_tanh.onnx"
         [[model]]
@@ -87,7 +93,8 @@ def test_zoo_summary_validates_for_every_status(tmp_path):
         timeout = 0.2
     """)
     result = api.convert_zoo(manifest, tmp_path / "out", jobs=2)
-    assert [record["status"] for record in result.models] == ["ok", "unsupported", "failed", "timeout"]
+    assert [record["status"] for record in result.models] == ["ok", "accuracy_loss", "unsupported", "failed",
+                                                              "timeout"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary == result.summary and errors("summary", summary) == []
     broken = copy.deepcopy(summary)

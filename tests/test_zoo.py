@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,8 +20,8 @@ from whetstone_onnx.errors import InputError
 
 SAMPLE_ZOO = MODELS / "zoo.toml"
 EXPECTED_STATUS = {"digits_dense": "ok", "digits_conv": "ok", "torchstyle_digits_conv": "ok", "mnist_conv": "ok",
-                   "mnist_dense": "ok", "torchstyle_mnist_conv": "ok", "digits_tanh": "unsupported",
-                   "corrupt": "failed"}
+                   "mnist_dense": "ok", "torchstyle_mnist_conv": "ok", "digits_dense_strict": "accuracy_loss",
+                   "digits_tanh": "unsupported", "corrupt": "failed"}
 
 
 def zoo_command(*args: str) -> list[str]:
@@ -68,17 +69,21 @@ def test_sample_zoo_reports_every_status(sample_run):
     assert completed.returncode == 1, completed.stderr
     statuses = {record["name"]: record["status"] for record in summary["models"]}
     assert statuses == EXPECTED_STATUS
-    assert summary["counts"] == {"ok": 6, "unsupported": 1, "failed": 1, "timeout": 0, "crashed": 0, "cancelled": 0}
+    assert summary["counts"] == {"ok": 6, "unsupported": 1, "failed": 1, "accuracy_loss": 1, "timeout": 0,
+                                 "crashed": 0, "cancelled": 0}
     records = {record["name"]: record for record in summary["models"]}
     assert records["corrupt"]["error"].startswith("corrupt.onnx: not a readable ONNX model")
     assert records["digits_tanh"]["error"] == "digits_tanh.onnx: unsupported ops: Tanh ('/act/Tanh')"
+    assert re.fullmatch(r"digits_dense.onnx: the spiking network loses \d+\.\d\d points of accuracy, more than "
+                        r"max_loss 2", records["digits_dense_strict"]["error"])
     for record in records.values():
         assert record["error"] is None or "\n" not in record["error"]
         assert record["resumed"] is False
     for name, status in EXPECTED_STATUS.items():
         directory = out / name
         assert (directory / "zoo.json").is_file()
-        assert (directory / "report.json").is_file() == (status == "ok")
+        # A conversion that lost too much accuracy is written whole, for the user to look at.
+        assert (directory / "report.json").is_file() == (status in ("ok", "accuracy_loss"))
     dense = records["digits_dense"]
     assert dense["passed"] and dense["accuracy"]["spiking"] > 0.8 and dense["netlist"]["neurons"] == 456
     assert records["mnist_conv"]["accuracy"] is None and records["mnist_conv"]["netlist"]["synapses"] > 10 ** 6
@@ -87,8 +92,9 @@ def test_sample_zoo_reports_every_status(sample_run):
     # Results on stdout and in files, diagnostics on stderr; nothing half-written left behind.
     assert "| digits_dense | ok |" in completed.stdout and "| digits_dense | ok |" in (out / "summary.md").read_text()
     assert completed.stderr.strip().splitlines()[-1] == \
-        f"whetstone-onnx: error: 2 of 8 models did not convert (see {out}/summary.md)"
-    assert "zoo: [8/8]" in completed.stderr          # plain progress lines: stderr is not a terminal
+        f"whetstone-onnx: error: 3 of 9 models did not convert, or lost more accuracy than allowed " \
+        f"(see {out}/summary.md)"
+    assert "zoo: [9/9]" in completed.stderr          # plain progress lines: stderr is not a terminal
     assert leftovers(out) == []
 
 
@@ -99,7 +105,7 @@ def test_resume_redoes_nothing(sample_run):
     assert completed.returncode == 1
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if not p.name.startswith("summary.")} == before
     summary = read_summary(out)
-    assert all(record["resumed"] for record in summary["models"]) and summary["resumed"] == 8
+    assert all(record["resumed"] for record in summary["models"]) and summary["resumed"] == len(EXPECTED_STATUS)
     assert comparable(summary) == comparable(reference)
     assert "zoo:" not in completed.stderr                                  # --quiet: no progress
 
@@ -222,8 +228,8 @@ def test_options_are_normalised_for_the_resume_key(tmp_path):
         [[model]]
         path = "MODELS/digits_dense.onnx"
         normalize = "0.5, 0.5"
-        finetune = {epochs = EPOCHS, seed = 0}
-    """.replace("EPOCHS", str(api.FinetuneOptions().epochs)))
+        finetune = {effort = "default", seed = 0}
+    """)
     options = zoo.read_manifest(explicit).models[0].options
     implicit = write_manifest(tmp_path, """
         [defaults]

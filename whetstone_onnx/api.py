@@ -33,7 +33,7 @@ from .passes.output import REMOVED_NORMALISER
 from .passes.pipeline import qualified_op_type, run_onnx_passes, unsupported_message, unsupported_nodes
 from .passes.spiking import to_step_network
 from .plot import training_plot
-from .report import SCHEMA, SCHEMA_VERSION, accuracy_table, package_versions
+from .report import DEFAULT_MAX_LOSS, SCHEMA, SCHEMA_VERSION, accuracy_guard, accuracy_table, package_versions
 from .spiking_onnx import DOMAIN, DOMAIN_VERSION
 from .zoo import DEFAULT_TIMEOUT_S, ZooResult
 
@@ -112,6 +112,13 @@ class ConversionResult:
     def accuracy(self) -> dict | None:
         return self.report["accuracy"]
 
+    @property
+    def accuracy_ok(self) -> bool:
+        """False when the spiking network lost more than the allowed accuracy and the user
+        did not accept it (always True without data)."""
+        guard = self.report["accuracy_guard"]
+        return guard is None or guard["passed"] or guard["accepted"]
+
     def summary(self) -> str:
         return accuracy_table(self.report)
 
@@ -121,7 +128,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             seed: int = 0, finetune: bool | FinetuneOptions = True,
             calibration_percentile: float = DEFAULT_PERCENTILE, progress: bool = False,
             netlist: bool = True, nir_profile: str = "portable", nir_dt: float = DEFAULT_DT,
-            weight_bits: int | None = None, hardware: str | None = None) -> ConversionResult:
+            weight_bits: int | None = None, hardware: str | None = None,
+            max_loss: float = DEFAULT_MAX_LOSS, accept_loss: bool = False) -> ConversionResult:
     """Convert a trained ONNX classifier into sharpenable and spiking ONNX graphs.
 
     With data, the network is fine-tuned through Keras while it is sharpened
@@ -131,7 +139,10 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     .synapses.bin, unless ``netlist`` is False; ``weight_bits`` quantizes the
     explicit netlist's weights), report.json (and training.png after
     fine-tuning) there, each atomically, after every check has run.
-    ``hardware`` (a preset of ``netlist.hardware.PRESETS``) adds a design-rule check. Raises ``InputError``,
+    ``hardware`` (a preset of ``netlist.hardware.PRESETS``) adds a design-rule check.
+    With data, the report's ``accuracy_guard`` says whether the spiking network scores more
+    than ``max_loss`` points below the original (``accept_loss``: the user accepts that);
+    ``ConversionResult.accuracy_ok`` is False when it does and was not accepted. Raises ``InputError``,
     ``UnsupportedModelError`` or ``DataError`` on bad input, before writing anything.
     """
     if not 0.0 < calibration_percentile <= 100.0:
@@ -144,6 +155,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         raise InputError(f"--hardware {hardware!r}: expected one of {', '.join(HARDWARE_PRESETS)}")
     if weight_bits is not None and not 2 <= weight_bits <= 16:
         raise InputError(f"--weight-bits {weight_bits}: expected 2 to 16")
+    if not 0.0 <= max_loss <= 100.0:
+        raise InputError(f"--max-loss {max_loss}: expected 0 to 100 points")
     finetune_options = finetune if isinstance(finetune, FinetuneOptions) else FinetuneOptions(seed=seed)
     if finetune:
         finetune_options.validate()
@@ -193,7 +206,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
                                  if finetune_options.distillation else None)
         trained = tuned.network
         finetune_report.update(performed=True, options=asdict(tuned.options),
-                               reached_full_sharpness=tuned.reached_full_sharpness, history=tuned.history)
+                               reached_full_sharpness=tuned.reached_full_sharpness, validation=tuned.validation,
+                               history=tuned.history)
     with clock("emit"):
         sharpenable_model, spiking, spiking_model = _emit(trained, _doc(loaded.source, loaded.sha256))
         network_counts["to_step_network"] = sum(isinstance(layer, Spike) for layer in spiking.layers)
@@ -243,6 +257,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         "data": None if dataset is None else {"spec": dataset.spec, "train_samples": len(dataset.y_train),
                                               "test_samples": len(dataset.y_test)},
         "accuracy": accuracy,
+        "accuracy_guard": None if accuracy is None else accuracy_guard(accuracy, max_loss, accept_loss),
         "equivalence": {
             "float": asdict(float_check),
             "sharpenable": {"samples": len(test), "sharpness": start_sharpness, "class_agreement": agreement},

@@ -11,7 +11,7 @@ import sys
 from . import __version__, api
 from .data import parse_normalize
 from .errors import CheckFailed, UnsupportedModelError, WhetstoneError
-from .finetune import BATCHNORM_LAYERS, MIN_SHIFTED_SIDE, OPTIMIZERS, SHARPENERS, FinetuneOptions
+from .finetune import BATCHNORM_LAYERS, EFFORT_SCALE, MIN_SHIFTED_SIDE, OPTIMIZERS, SHARPENERS, FinetuneOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                               f"activations (default {api.DEFAULT_PERCENTILE:g})")
     convert.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     convert.add_argument("--no-finetune", action="store_true", help="sharpen every layer at once, no training")
+    convert.add_argument("--max-loss", type=float, default=api.DEFAULT_MAX_LOSS, metavar="POINTS",
+                         help="with --data: fail (exit 1) when the spiking network scores more than POINTS below "
+                              f"the original (default {api.DEFAULT_MAX_LOSS:g})")
+    convert.add_argument("--accept-loss", action="store_true",
+                         help="keep a conversion that loses more than --max-loss (still reported loudly)")
     check = commands.add_parser("check", help="re-check a convert output: spiking.onnx against model.nir "
                                               "and the explicit netlist, layer by layer", parents=[flags])
     check.add_argument("out_dir", metavar="OUTDIR")
@@ -77,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="design-rule check of the netlist against a chip's limits")
     tuning = convert.add_argument_group("fine-tuning (with --data)")
     defaults = FinetuneOptions()
+    tuning.add_argument("--effort", choices=tuple(EFFORT_SCALE), default=defaults.effort,
+                        help="training budget, in optimizer steps scaled to the data and the number of layers: "
+                             f"quick ({EFFORT_SCALE['quick']:g}x), default, thorough "
+                             f"({EFFORT_SCALE['thorough']:g}x) (default {defaults.effort})")
     tuning.add_argument("--epochs", type=int, default=defaults.epochs,
-                        help=f"epochs of training while sharpening (default {defaults.epochs})")
+                        help="epochs of training while sharpening (default: from --effort's step budget)")
     tuning.add_argument("--sharpener", choices=SHARPENERS, default=defaults.sharpener,
                         help=f"sharpening schedule (default {defaults.sharpener})")
     tuning.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
@@ -87,8 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help=f"default {defaults.batch_size}")
     tuning.add_argument("--ste-epochs", type=int, default=defaults.straight_through_epochs,
-                        help="epochs at full sharpness with a straight-through gradient "
-                             f"(default {defaults.straight_through_epochs})")
+                        help="most epochs at full sharpness with a straight-through gradient "
+                             "(default: from --effort's step budget)")
+    tuning.add_argument("--validation", type=float, default=defaults.validation, metavar="SHARE",
+                        help="share of the training data held out to choose the epoch kept and stop early "
+                             f"(0 to 0.5, default {defaults.validation:g}; 0 keeps the last epoch)")
+    tuning.add_argument("--patience", type=int, default=defaults.patience, metavar="EPOCHS",
+                        help="stop after this many straight-through epochs without a better validation score "
+                             "(default: a quarter of them, at least 3)")
     tuning.add_argument("--batchnorm", choices=BATCHNORM_LAYERS, default=defaults.batchnorm,
                         help="hidden layers that train with a re-enabled batch norm, folded again after "
                              f"(default {defaults.batchnorm})")
@@ -165,17 +180,18 @@ def _inspect(args) -> int:
 def _convert(args) -> int:
     if args.key_width is not None and args.key_width < 1:
         raise WhetstoneError(f"--key-width {args.key_width}: must be a positive integer")
-    options = FinetuneOptions(epochs=args.epochs, sharpener=args.sharpener, optimizer=args.optimizer,
-                              learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-                              straight_through_epochs=args.ste_epochs, batchnorm=args.batchnorm,
-                              shift=args.shift, distillation=args.distill)
+    options = FinetuneOptions(effort=args.effort, epochs=args.epochs, sharpener=args.sharpener,
+                              optimizer=args.optimizer, learning_rate=args.learning_rate,
+                              batch_size=args.batch_size, seed=args.seed, straight_through_epochs=args.ste_epochs,
+                              batchnorm=args.batchnorm, shift=args.shift, distillation=args.distill,
+                              validation=args.validation, patience=args.patience)
     result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
                          key_width=args.key_width, seed=args.seed,
                          finetune=False if args.no_finetune else options,
                          calibration_percentile=args.percentile, progress=not getattr(args, "quiet", False),
                          netlist=not args.no_netlist,
                          nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
-                         hardware=args.hardware)
+                         hardware=args.hardware, max_loss=args.max_loss, accept_loss=args.accept_loss)
     print(result.summary())
     netlist_files = ["model.nir", *api.NETLIST_FILES] if not args.no_netlist else []
     written = ["sharpenable.onnx", "spiking.onnx", *netlist_files, "report.json"] + \
@@ -183,6 +199,11 @@ def _convert(args) -> int:
     print(f"\nwrote {', '.join(f'{args.out}/{name}' for name in written)}")
     if not result.passed:
         raise CheckFailed(f"{args.model}: equivalence check failed (see {args.out}/report.json)")
+    if not result.accuracy_ok:
+        guard = result.report["accuracy_guard"]
+        raise CheckFailed(f"{args.model}: the spiking network loses {guard['loss_points']:.2f} points of accuracy, "
+                          f"more than --max-loss {guard['max_loss_points']:g} (see {args.out}/report.json; "
+                          "--accept-loss keeps it)")
     return 0
 
 
@@ -203,8 +224,8 @@ def _zoo(args) -> int:
     print(f"\nwrote {args.out}/summary.json, {args.out}/summary.md")
     if not result.passed:
         failed = result.summary["total"] - result.counts["ok"]
-        print(f"whetstone-onnx: error: {failed} of {result.summary['total']} models did not convert "
-              f"(see {args.out}/summary.md)", file=sys.stderr)
+        print(f"whetstone-onnx: error: {failed} of {result.summary['total']} models did not convert, or lost "
+              f"more accuracy than allowed (see {args.out}/summary.md)", file=sys.stderr)
     return result.exit_code
 
 

@@ -9,7 +9,11 @@ from importlib import metadata
 
 SCHEMA = "whetstone_onnx.report"
 # 1.1: equivalence.sharpenable.sharpness is per layer (a Whetstone Keras export starts sharpened).
-SCHEMA_VERSION = "1.1"
+# 1.2: accuracy_guard; finetune.validation (the epoch kept); history rows' validation_accuracy.
+SCHEMA_VERSION = "1.2"
+# Points of accuracy the spiking network may lose against the original before convert
+# fails (exit 1) unless the loss is accepted.
+DEFAULT_MAX_LOSS = 2.0
 
 _PACKAGES = ("whetstone-onnx", "onnx", "onnxruntime", "onnx-ir", "numpy", "scikit-learn", "tensorflow",
              "keras", "tf2onnx")
@@ -23,6 +27,24 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def accuracy_guard(accuracy: dict, max_loss: float, accepted: bool) -> dict:
+    """The report's verdict on the accuracy lost between the original model and the spiking network."""
+    loss = 100.0 * (accuracy["original"] - accuracy["spiking"])
+    return {"loss_points": round(loss, 4), "max_loss_points": max_loss, "passed": loss <= max_loss + 1e-9,
+            "accepted": accepted}
+
+
+def accuracy_warning(report: dict) -> str | None:
+    """One loud line when the spiking network lost more accuracy than allowed, else None."""
+    guard = report.get("accuracy_guard")
+    if guard is None or guard["passed"]:
+        return None
+    accuracy = report["accuracy"]
+    return (f"WARNING: the spiking network scores {100 * accuracy['spiking']:.2f} %, {guard['loss_points']:.2f} "
+            f"points below the original's {100 * accuracy['original']:.2f} % (more than the "
+            f"{guard['max_loss_points']:g} allowed)" + (", accepted" if guard["accepted"] else ""))
 
 
 def accuracy_table(report: dict) -> str:
@@ -74,6 +96,14 @@ def accuracy_table(report: dict) -> str:
         keras_check = finetune["keras_vs_spiking_onnx"]
         lines.append(f"Keras at sharpness 1 vs spiking.onnx: {100 * keras_check['agreement']:.2f} % same class "
                      f"on {keras_check['samples']} inputs; {len(finetune['history'])} epochs")
+        validation = finetune.get("validation")
+        if validation:
+            lines.append(f"kept epoch {validation['kept_epoch']} of {validation['epochs_run']}: "
+                         f"{100 * validation['accuracy']:.2f} % spiking on {validation['samples']} held-out "
+                         f"training samples" + (" (stopped early)" if validation["stopped_early"] else ""))
     else:
         lines.append(f"fine-tuning not performed: {finetune['reason']}")
+    warning = accuracy_warning(report)
+    if warning:
+        lines.extend(["", warning])
     return "\n".join(lines)

@@ -57,10 +57,12 @@ RETIRED_PREFIX = ".zoo-retired-"    # a model directory being replaced
 DEFAULT_TIMEOUT_S = 600.0
 EXECUTORS = ("local", "dask")
 
-STATUSES = ("ok", "unsupported", "failed", "timeout", "crashed", "cancelled")
+# accuracy_loss: converted and checked, but the spiking network lost more accuracy than
+# the model's max_loss allows (accept_loss = true in the manifest keeps it as ok).
+STATUSES = ("ok", "unsupported", "failed", "accuracy_loss", "timeout", "crashed", "cancelled")
 # Outcomes that depend only on the model and its options: --resume reuses them.
 # A timeout, a crash or a cancellation depends on the run, so --resume retries those.
-FINAL_STATUSES = frozenset({"ok", "unsupported", "failed"})
+FINAL_STATUSES = frozenset({"ok", "unsupported", "failed", "accuracy_loss"})
 
 # The manifest's per-model options are api.convert's keyword arguments (bar
 # ``progress``); their defaults are read from its signature, their TOML types are here.
@@ -68,6 +70,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "data": (str,), "normalize": (list, str), "output": (str,), "key_width": (int,), "seed": (int,),
     "finetune": (bool, dict), "calibration_percentile": (int, float), "netlist": (bool,),
     "nir_profile": (str,), "nir_dt": (int, float), "weight_bits": (int,), "hardware": (str,),
+    "max_loss": (int, float), "accept_loss": (bool,),
 }
 # A [[model]] table's own keys: not convert options, and not part of the resume key
 # (a limit changes whether a run finishes, never what a finished run computes).

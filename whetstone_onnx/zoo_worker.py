@@ -63,6 +63,11 @@ def convert(request: dict) -> dict:
                                              f"{first_line} (traceback in zoo.log{limit})"}
     if not converted.passed:
         return {"status": "failed", "error": f"{request['model']}: equivalence check failed (see report.json)"}
+    if not converted.accuracy_ok:
+        guard = converted.report["accuracy_guard"]
+        return {"status": "accuracy_loss", "error": f"{request['model']}: the spiking network loses "
+                                                    f"{guard['loss_points']:.2f} points of accuracy, more than "
+                                                    f"max_loss {guard['max_loss_points']:g}"}
     return {"status": "ok", "error": None}
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..network import Network
 from ..ops.batchnorm import batchnorm_affine
+from .layers import SwitchableBatchNormalization
 
 
 class KerasBuilder:
@@ -85,7 +86,7 @@ def build_keras(network: Network, *, batchnorm_stats: dict[int, tuple[np.ndarray
             axis = -1 if (len(builder.tensor.shape) != 4 or builder.channels_last) else 1
             epsilon = 1e-3
             std = np.sqrt(variance + epsilon)
-            bn = builder.apply(keras.layers.BatchNormalization(axis=axis, epsilon=epsilon,
+            bn = builder.apply(SwitchableBatchNormalization(axis=axis, epsilon=epsilon,
                                                                name=builder.name(f"{layer.name}_bn")),
                                weights=[std.astype(np.float32), mean.astype(np.float32),
                                         mean.astype(np.float32), variance.astype(np.float32)])

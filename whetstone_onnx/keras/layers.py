@@ -176,8 +176,21 @@ class AveragePoolExcludingPad(keras.layers.Layer):
                 "pads": list(self.pads)}
 
 
+class SwitchableBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization that, once ``frozen``, normalises with its moving statistics in
+    training too (gamma and beta still train). Fine-tuning re-enables batch norm with
+    this layer: batch statistics while sharpening, then frozen, recalibrated statistics
+    once every layer is a step (see finetune._freeze_batchnorms). Changing ``frozen``
+    takes effect when the model is compiled again."""
+
+    frozen = False
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False if self.frozen else training, mask=mask)
+
+
 @keras.saving.register_keras_serializable(package="whetstone_onnx")
-class FrozenBatchNormalization(keras.layers.BatchNormalization):
+class FrozenBatchNormalization(SwitchableBatchNormalization):
     """BatchNormalization that normalises with its moving statistics in training too.
 
     gamma and beta train; the statistics stay as the converted model had them. The
@@ -188,8 +201,7 @@ class FrozenBatchNormalization(keras.layers.BatchNormalization):
     per-channel scale and shift it is.
     """
 
-    def call(self, inputs, training=None, mask=None):
-        return super().call(inputs, training=False, mask=mask)
+    frozen = True
 
 
 # The original library's names, so classic Whetstone code runs with only its imports changed.

@@ -1,0 +1,128 @@
+"""Fine-tuning that cannot end silently worse: the validation hold-out, checkpointing of the
+best validated spiking network, the step budget, batch norm that cannot drift, and the
+accuracy guard's exit code."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import MODELS
+
+from whetstone_onnx import api
+from whetstone_onnx.finetune import SHARPENING_STEPS_PER_LAYER, STRAIGHT_THROUGH_STEPS, validation_split
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "whetstone_onnx.cli", *args], capture_output=True, text=True)
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(10), [50, 40, 30, 20, 10, 5, 3, 2, 1, 100])
+    fit, held = validation_split(labels, 0.1, seed=0)
+    assert sorted(np.concatenate([fit, held]).tolist()) == list(range(len(labels)))
+    # a tenth of every class (rounded, at least one), none of a class with a single sample
+    assert np.bincount(labels[held], minlength=10).tolist() == [5, 4, 3, 2, 1, 1, 1, 1, 0, 10]
+    assert np.array_equal(held, validation_split(labels, 0.1, seed=0)[1])
+    assert not np.array_equal(held, validation_split(labels, 0.1, seed=1)[1])
+    assert len(validation_split(labels, 0.0, seed=0)[1]) == 0
+
+
+def test_budget_is_counted_in_steps_whatever_the_data_size():
+    default = api.FinetuneOptions()
+    for samples, layers in ((1293, 3), (7200, 4), (54000, 4)):
+        batches = math.ceil(samples / default.batch_size)
+        resolved = default.resolved((64,), samples, layers)
+        sharpening_steps = (resolved.epochs - resolved.warmup_epochs) * batches
+        assert SHARPENING_STEPS_PER_LAYER * layers <= sharpening_steps < SHARPENING_STEPS_PER_LAYER * layers + batches
+        assert STRAIGHT_THROUGH_STEPS <= resolved.straight_through_epochs * batches < STRAIGHT_THROUGH_STEPS + batches
+        assert resolved.patience == max(3, math.ceil(resolved.straight_through_epochs / 4))
+        quick = api.FinetuneOptions(effort="quick").resolved((64,), samples, layers)
+        thorough = api.FinetuneOptions(effort="thorough").resolved((64,), samples, layers)
+        assert quick.straight_through_epochs <= resolved.straight_through_epochs <= thorough.straight_through_epochs
+    # explicit epochs win over the budget
+    explicit = api.FinetuneOptions(epochs=4, straight_through_epochs=2, patience=1).resolved((64,), 1293, 3)
+    assert (explicit.epochs, explicit.straight_through_epochs, explicit.patience) == (4, 2, 1)
+    with pytest.raises(api.InputError, match="--effort 'fast': expected one of quick, default, thorough"):
+        api.FinetuneOptions(effort="fast").validate()
+    with pytest.raises(api.InputError, match="--validation 0.9"):
+        api.FinetuneOptions(validation=0.9).validate()
+
+
+def test_frozen_batchnorms_are_recalibrated_and_train_as_the_spiking_network_computes():
+    from whetstone_onnx.finetune import _batchnorm_stats, _freeze_batchnorms
+    from whetstone_onnx.keras.build import build_keras
+
+    network = api.convert(MODELS / "digits_dense.onnx", data="digits", finetune=False, netlist=False,
+                          accept_loss=True).sharpenable_network
+    x = np.random.default_rng(0).uniform(0, 1, (300, 64)).astype(np.float32)
+    # statistics of other inputs: the batch norms start out of step with the data trained on
+    built = build_keras(network, batchnorm_stats=_batchnorm_stats(network, 3 * x))
+    assert len(built.batchnorm_names) == 2
+    training = built.model(x, training=True).numpy()
+    assert not np.allclose(training, built.model(x, training=False).numpy(), atol=1e-3)
+    _freeze_batchnorms(built, x)
+    for name in built.batchnorm_names.values():
+        batchnorm = built.model.get_layer(name)
+        import keras
+        inputs = keras.Model(built.model.inputs, batchnorm.input)(x).numpy()
+        np.testing.assert_allclose(batchnorm.moving_mean.numpy(), inputs.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(batchnorm.moving_variance.numpy(), inputs.var(0), rtol=1e-4, atol=1e-5)
+    # frozen: a training step normalises with the recalibrated statistics, as the spiking network does
+    np.testing.assert_array_equal(built.model(x, training=True).numpy(), built.model(x, training=False).numpy())
+
+
+def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(tmp_path):
+    """The collapse case: a good spiking network, then training that destroys it (here a
+    learning rate 50 times the default) while the run goes on. The network written is the
+    best validated one, never the last."""
+    good = api.convert(MODELS / "digits_dense.onnx", tmp_path / "good", data="digits", netlist=False,
+                       finetune=api.FinetuneOptions(epochs=3, straight_through_epochs=3))
+    assert good.accuracy["spiking"] > 0.85
+    collapsed = api.convert(tmp_path / "good" / "sharpenable.onnx", data="digits", netlist=False,
+                            accept_loss=True,
+                            finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=3, learning_rate=0.05))
+    report = collapsed.report["finetune"]
+    history = report["history"]
+    assert max(row["spiking_accuracy"] for row in history[1:]) < 0.2      # training collapsed to chance
+    validation = report["validation"]
+    assert validation["accuracy"] >= max(row["validation_accuracy"] for row in history)
+    assert validation["samples"] == 142 and validation["stopped_early"]
+    # The network kept is the one validated best: as it came in (epoch 0) or the first epoch.
+    expected = good.accuracy["spiking"] if validation["kept_epoch"] == 0 else \
+        history[validation["kept_epoch"] - 1]["spiking_accuracy"]
+    assert validation["kept_epoch"] <= 1
+    assert collapsed.accuracy["spiking"] == pytest.approx(expected, abs=1e-9)
+    assert collapsed.report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
+    assert collapsed.report["accuracy_guard"]["passed"] == (collapsed.report["accuracy_guard"]["loss_points"] <= 2)
+
+
+def test_loss_guard_fails_the_conversion_unless_the_loss_is_accepted(tmp_path):
+    # Sharpened at once, without fine-tuning, digits_dense loses about 5 points.
+    strict = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "strict"), "--data", "digits",
+                     "--no-finetune", "--no-netlist")
+    assert strict.returncode == 1
+    report = json.loads((tmp_path / "strict" / "report.json").read_text())
+    guard = report["accuracy_guard"]
+    assert guard["max_loss_points"] == 2.0 and not guard["passed"] and not guard["accepted"]
+    assert guard["loss_points"] == pytest.approx(100 * (report["accuracy"]["original"] - report["accuracy"]["spiking"]),
+                                                 abs=1e-3)
+    assert strict.stderr.strip().splitlines() == [
+        f"whetstone-onnx: error: {MODELS / 'digits_dense.onnx'}: the spiking network loses {guard['loss_points']:.2f} "
+        f"points of accuracy, more than --max-loss 2 (see {tmp_path / 'strict'}/report.json; --accept-loss keeps it)"]
+    assert f"WARNING: the spiking network scores {100 * report['accuracy']['spiking']:.2f} %" in strict.stdout
+
+    accepted = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "accepted"), "--data",
+                       "digits", "--no-finetune", "--no-netlist", "--accept-loss")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "allowed), accepted" in accepted.stdout
+    loose = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "loose"), "--data",
+                    "digits", "--no-finetune", "--no-netlist", "--max-loss", "20")
+    assert loose.returncode == 0 and "WARNING" not in loose.stdout
+    bad = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "bad"), "--max-loss", "-1")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "whetstone-onnx: error: --max-loss -1.0: expected 0 to 100 points"
+    assert not (tmp_path / "bad").exists()

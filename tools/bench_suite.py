@@ -1,0 +1,179 @@
+"""Benchmark (not a test): the generalisation suite converted with default options.
+
+The suite (``models/suite/``, written by ``tools/make_suite.py``) holds small
+classifiers trained and exported the way independent users would, with recipes
+nobody tuned the converter for. The fine-tuning recipe is judged on the suite as
+a whole: the mean and the worst loss in points between the original model and
+its spiking network, per data set, against issue 12's targets (mean <= 0.5;
+worst <= 1.0 on MNIST models, 2000 test images; worst <= 1.5 on digits models,
+360 test images).
+
+    python tools/bench_suite.py [--models a,b] [--effort quick|default|thorough]
+                                [--seed N] [--json FILE] [--markdown FILE]
+                                [--baseline FILE] [--title TEXT]
+
+Each model is converted in this process through ``api.convert`` with only its
+manifest's data and normalisation (so every other option is the default), and
+its rows are printed as they finish. ``--json`` writes the rows; ``--markdown``
+writes the table and the summary (``docs/suite.md``). ``--baseline`` adds the
+columns of an earlier run's JSON (for instance one made by the previous version
+of the converter, ``PYTHONPATH=<old checkout> python tools/bench_suite.py``) so
+the page shows accuracy and conversion time before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "models" / "suite" / "suite.toml"
+# Issue 12's targets, in points of accuracy lost.
+MEAN_TARGET = 0.5
+WORST_TARGET = {"mnist": 1.0, "digits": 1.5}
+
+
+def data_family(spec: str) -> str:
+    return "mnist" if spec.startswith("mnist") else spec.split(":")[0]
+
+
+def resolve_data(spec: str, base_dir: Path) -> str:
+    """A manifest's data spec with its path made absolute (manifest paths are relative to it)."""
+    kind, _, where = spec.partition(":")
+    return spec if not where or Path(where).is_absolute() else f"{kind}:{(base_dir / where).resolve()}"
+
+
+def run_model(model, base_dir: Path, effort: str | None, seed: int) -> dict:
+    from whetstone_onnx import api
+
+    options = model.options
+    finetune = True if effort is None else api.FinetuneOptions(effort=effort, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="bench_suite_") as out_dir:     # the whole convert, artifacts included
+        start = time.perf_counter()
+        result = api.convert(base_dir / model.path, out_dir, data=resolve_data(options["data"], base_dir),
+                             normalize=tuple(options["normalize"]) if options["normalize"] else None,
+                             seed=seed, finetune=finetune, progress=False)
+        wall = time.perf_counter() - start
+    report = result.report
+    accuracy = report["accuracy"]
+    tuned = report["finetune"]
+    validation = tuned.get("validation") or {}
+    return {"model": model.name, "data": data_family(options["data"]),
+            "original": round(100 * accuracy["original"], 2),
+            "sharpness_0": round(100 * accuracy["sharpenable_start"], 2),
+            "spiking": round(100 * accuracy["spiking"], 2),
+            "loss": round(100 * (accuracy["original"] - accuracy["spiking"]), 2),
+            "epochs_run": len(tuned.get("history", [])), "kept_epoch": validation.get("kept_epoch"),
+            "validation": validation.get("accuracy"), "wall_s": round(wall, 1),
+            "finetune_s": round(report["timings_s"].get("finetune", 0.0), 1),
+            "passed": report["passed"]}
+
+
+def summarise(rows: list[dict]) -> dict:
+    summary = {}
+    for family in sorted({row["data"] for row in rows}) + ["all"]:
+        losses = [row["loss"] for row in rows if family in ("all", row["data"])]
+        summary[family] = {"models": len(losses), "mean_loss": round(statistics.mean(losses), 2),
+                           "worst_loss": round(max(losses), 2),
+                           "total_wall_s": round(sum(r["wall_s"] for r in rows if family in ("all", r["data"])), 1)}
+    summary["targets_met"] = summary["all"]["mean_loss"] <= MEAN_TARGET and all(
+        summary[f]["worst_loss"] <= WORST_TARGET.get(f, WORST_TARGET["mnist"]) for f in summary if f not in
+        ("all", "targets_met"))
+    return summary
+
+
+def markdown(rows: list[dict], summary: dict, baseline: list[dict] | None, title: str, effort: str | None) -> str:
+    before = {row["model"]: row for row in baseline or []}
+    lines = [f"# {title}", "",
+             f"Measured {date.today().isoformat()} on {platform.machine()} ({_cores()} cores), Python "
+             f"{platform.python_version()}, with `python tools/bench_suite.py` "
+             f"({'default options' if effort is None else f'--effort {effort}'}; N-hot output). "
+             "Loss = original - spiking, in points, on the held-out split (digits: 360 images, "
+             "MNIST: images 8000-9999). The models and their recipes: `models/suite/README.md`.", "",
+             "| model | data | original % | sharpness 0 % | spiking % | loss | epochs run (kept) | time s |"
+             + (" before: spiking % | before: loss | before: time s |" if before else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if before else "")]
+    for row in rows:
+        kept = "" if row["kept_epoch"] is None else f" ({row['kept_epoch']})"
+        cells = [row["model"], row["data"], f"{row['original']:.2f}", f"{row['sharpness_0']:.2f}",
+                 f"{row['spiking']:.2f}", f"{row['loss']:+.2f}", f"{row['epochs_run']}{kept}", f"{row['wall_s']:.0f}"]
+        if before:
+            old = before.get(row["model"])
+            cells += ["-", "-", "-"] if old is None else \
+                [f"{old['spiking']:.2f}", f"{old['loss']:+.2f}", f"{old['wall_s']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| data | models | mean loss | worst loss | target (mean / worst) | total time s |"
+              + (" before: mean / worst loss | before: total time s |" if before else ""),
+              "|---|---|---|---|---|---|" + ("---|---|" if before else "")]
+    old_summary = summarise([r for r in baseline if r["model"] in {row["model"] for row in rows}]) if before else {}
+    for family, values in summary.items():
+        if family == "targets_met":
+            continue
+        target = f"{MEAN_TARGET} / {WORST_TARGET.get(family, '-')}" if family != "all" else f"{MEAN_TARGET} / -"
+        cells = [family, str(values["models"]), f"{values['mean_loss']:+.2f}", f"{values['worst_loss']:+.2f}", target,
+                 f"{values['total_wall_s']:.0f}"]
+        if before:
+            old = old_summary.get(family)
+            cells += ["-", "-"] if old is None else [f"{old['mean_loss']:+.2f} / {old['worst_loss']:+.2f}",
+                                                     f"{old['total_wall_s']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Targets met: {'yes' if summary['targets_met'] else 'no'}.", ""]
+    return "\n".join(lines)
+
+
+def _cores() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", type=Path, default=SUITE)
+    parser.add_argument("--models", help="comma-separated subset of the manifest's model names")
+    parser.add_argument("--effort", choices=("quick", "default", "thorough"),
+                        help="FinetuneOptions.effort (default: the converter's defaults, untouched)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the rows and the summary here")
+    parser.add_argument("--markdown", type=Path, help="write the table here (docs/suite.md)")
+    parser.add_argument("--baseline", type=Path, help="an earlier run's --json, shown beside this one")
+    parser.add_argument("--title", default="Generalisation suite: default options")
+    args = parser.parse_args()
+    from whetstone_onnx import zoo
+
+    manifest = zoo.read_manifest(args.manifest)
+    models = manifest.models
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = sorted(set(wanted) - {m.name for m in models})
+        if unknown:
+            parser.error(f"unknown models: {', '.join(unknown)}")
+        models = [m for m in models if m.name in wanted]
+    rows = []
+    print(f"{'model':<36}{'data':<8}{'original':>10}{'sharp 0':>9}{'spiking':>9}{'loss':>7}{'epochs':>8}{'time s':>8}",
+          flush=True)
+    for model in models:
+        row = run_model(model, manifest.base_dir, args.effort, args.seed)
+        rows.append(row)
+        print(f"{row['model']:<36}{row['data']:<8}{row['original']:>10.2f}{row['sharpness_0']:>9.2f}"
+              f"{row['spiking']:>9.2f}{row['loss']:>+7.2f}{row['epochs_run']:>8}{row['wall_s']:>8.0f}", flush=True)
+    summary = summarise(rows)
+    for family, values in summary.items():
+        if family != "targets_met":
+            print(f"{family}: {values['models']} models, mean loss {values['mean_loss']:+.2f}, worst "
+                  f"{values['worst_loss']:+.2f}, {values['total_wall_s']:.0f} s")
+    print(f"targets met: {'yes' if summary['targets_met'] else 'no'}")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "summary": summary, "effort": args.effort,
+                                         "seed": args.seed}, indent=2) + "\n")
+    if args.markdown:
+        baseline = json.loads(args.baseline.read_text())["rows"] if args.baseline else None
+        args.markdown.write_text(markdown(rows, summary, baseline, args.title, args.effort))
+
+
+if __name__ == "__main__":
+    main()
