@@ -103,6 +103,7 @@ def test_version():
     assert completed.returncode == 0 and completed.stdout.startswith("whetstone-onnx ")
 
 
+@pytest.mark.slow
 def test_check_reruns_the_equivalence_and_fails_on_a_tampered_netlist(tmp_path):
     nir = pytest.importorskip("nir")
     assert run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--data", "digits",

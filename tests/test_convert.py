@@ -156,6 +156,7 @@ def test_data_that_does_not_fit_the_model_is_a_data_error():
         api.convert(MODELS / "mnist_dense.onnx", data="digits", finetune=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,normalize", [("mnist_dense.onnx", None), ("mnist_conv.onnx", None),
                                              ("torchstyle_mnist_conv.onnx", (0.5, 0.5))])
 def test_mnist_models_spike_identically_in_onnx_netlist_and_nir_on_all_held_out_images(mnist_dir, model, normalize):

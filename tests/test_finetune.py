@@ -75,6 +75,7 @@ def test_frozen_batchnorms_are_recalibrated_and_train_as_the_spiking_network_com
     np.testing.assert_array_equal(built.model(x, training=True).numpy(), built.model(x, training=False).numpy())
 
 
+@pytest.mark.slow
 def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(tmp_path):
     """The collapse case: a good spiking network, then training that destroys it (here a
     learning rate 50 times the default) while the run goes on. The network written is the
@@ -100,6 +101,7 @@ def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(
     assert collapsed.report["accuracy_guard"]["passed"] == (collapsed.report["accuracy_guard"]["loss_points"] <= 2)
 
 
+@pytest.mark.slow
 def test_loss_guard_fails_the_conversion_unless_the_loss_is_accepted(tmp_path):
     # Sharpened at once, without fine-tuning, digits_dense loses about 5 points.
     strict = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "strict"), "--data", "digits",

@@ -178,6 +178,7 @@ def test_write_back_makes_spiking_onnx_reproduce_the_trained_keras_model(model, 
     np.testing.assert_allclose(sharpenable, keras_predictions, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_finetuning_end_to_end_is_reproducible_and_keras_agrees_with_spiking_onnx(tmp_path):
     options = api.FinetuneOptions(epochs=3, straight_through_epochs=1, seed=4)
     first = api.convert(MODELS / "digits_dense.onnx", tmp_path / "a", data="digits", finetune=options)
@@ -220,6 +221,7 @@ def test_shift_is_decided_by_image_size_and_refused_for_flat_inputs():
         api.FinetuneOptions(shift=1).resolved((784,), 7200, 3)
 
 
+@pytest.mark.slow
 def test_finetuning_with_shifted_images_is_reproducible():
     options = dict(epochs=2, straight_through_epochs=1, seed=2, shift=1)
     runs = [api.convert(MODELS / "digits_conv.onnx", data="digits", netlist=False,
@@ -270,6 +272,7 @@ def test_distillation_targets_are_the_teachers_probabilities_on_the_shifted_imag
     assert unshifted["y"].shape == (40, 4) and np.allclose(unshifted["y"][:, 1:].sum(1), 1.0)
 
 
+@pytest.mark.slow
 def test_distillation_from_the_original_model_trains_reproducibly_and_is_reported(tmp_path):
     options = dict(epochs=2, straight_through_epochs=1, distillation=0.9)
     runs = [api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False,

@@ -64,6 +64,7 @@ def sample_run(tmp_path_factory):
     return out, completed, read_summary(out)
 
 
+@pytest.mark.slow
 def test_sample_zoo_reports_every_status(sample_run):
     out, completed, summary = sample_run
     assert completed.returncode == 1, completed.stderr
@@ -98,6 +99,7 @@ def test_sample_zoo_reports_every_status(sample_run):
     assert leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_resume_redoes_nothing(sample_run):
     out, _, reference = sample_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if not p.name.startswith("summary.")}
@@ -110,6 +112,7 @@ def test_resume_redoes_nothing(sample_run):
     assert "zoo:" not in completed.stderr                                  # --quiet: no progress
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_signal", [signal.SIGKILL])
 def test_an_interrupted_batch_resumes_to_the_same_summary(sample_run, tmp_path, kill_signal):
     out = tmp_path / "out"
@@ -149,6 +152,7 @@ def test_sigterm_stops_the_workers_and_leaves_nothing_half_written(tmp_path):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_dask_executor_gives_the_same_summary(sample_run, tmp_path):
     result = api.convert_zoo(SAMPLE_ZOO, tmp_path / "out", jobs=2, executor="dask")
     assert result.summary["executor"] == "dask" and result.exit_code == 1
@@ -182,6 +186,7 @@ def test_timeout_and_memory_limit_cost_only_their_model(tmp_path):
     assert [record["resumed"] for record in again.models[:2]] == [False, True]
 
 
+@pytest.mark.slow
 def test_resume_redoes_a_model_whose_options_changed(tmp_path):
     text = """
         [[model]]
@@ -276,6 +281,7 @@ def test_cli_exits_2_with_one_line_on_bad_input(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_verbosity_flags_go_before_or_after_the_command(tmp_path):
     manifest = write_manifest(tmp_path, "[[model]]\npath = 'MODELS/digits_tanh.onnx'")
     quiet = subprocess.run([sys.executable, "-m", "whetstone_onnx.cli", "--quiet", "zoo", str(manifest), "-o",

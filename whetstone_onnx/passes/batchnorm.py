@@ -114,8 +114,9 @@ def _constant_affine(node: ir.Node) -> tuple[ir.Value, np.ndarray, np.ndarray] |
     if values is None:
         return None
     ones, zeros = np.ones_like(values), np.zeros_like(values)
-    scale, shift = {"Mul": (values, zeros), "Add": (ones, values),
-                    "Sub": (ones, -values), "Div": (1.0 / values, zeros)}[node.op_type]
+    if node.op_type == "Div":      # (computed only here: a Sub's constant may hold zeros)
+        return data, 1.0 / values, zeros
+    scale, shift = {"Mul": (values, zeros), "Add": (ones, values), "Sub": (ones, -values)}[node.op_type]
     return data, scale, shift
 
 
