@@ -10,10 +10,11 @@ import pytest
 from conftest import MODELS, graph_model
 from onnx import helper
 
-from whetstone_onnx import runtime
+from whetstone_onnx import api, runtime
 from whetstone_onnx.emit import to_onnx
 from whetstone_onnx.lift import lift
 from whetstone_onnx.load import load_model
+from whetstone_onnx.passes.output_stage import conv_head_to_dense
 from whetstone_onnx.passes.pipeline import run_onnx_passes
 
 BN_TOLERANCE = 1e-5   # max abs difference relative to the output scale
@@ -216,3 +217,28 @@ def test_pooling_lifts_to_a_layer_that_computes_onnxruntimes_pooling(rng, op_typ
     x = rng.normal(size=(3, 2, size, size)).astype(np.float32)
     _, _, network = canonical(model)
     np.testing.assert_allclose(network.forward(x.astype(np.float64)), runtime.predict(model, x), atol=1e-6)
+
+
+def test_a_1x1_convolution_head_over_a_1x1_map_becomes_the_dense_output_stage(rng):
+    """All-conv classifiers end in GlobalAveragePool, Conv 1x1, Flatten: the head is a Dense layer."""
+    weights = {"w1": rng.standard_normal((6, 1, 3, 3)).astype(np.float32),
+               "b1": rng.standard_normal(6).astype(np.float32),
+               "head": rng.standard_normal((4, 6, 1, 1)).astype(np.float32),
+               "head_b": rng.standard_normal(4).astype(np.float32),
+               "shape": np.array([-1, 4], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("GlobalAveragePool", ["r1"], ["g"]),
+             helper.make_node("Conv", ["g", "head", "head_b"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["y"])]
+    model = graph_model(nodes, weights, [1, 6, 6], [4])
+    network = lift(run_onnx_passes(load_model(model).model)[0])
+    x = rng.standard_normal((64, 1, 6, 6)).astype(np.float32)
+    before = network.forward(x)
+    assert conv_head_to_dense(network) == 1
+    assert [layer.kind for layer in network.layers][-2:] == ["reshape", "dense"]
+    np.testing.assert_allclose(network.forward(x), before, rtol=1e-6, atol=1e-6)
+    assert conv_head_to_dense(network) == 0
+    result = api.convert(model, output="readout", finetune=False, netlist=False)
+    assert result.report["passes"]["network"]["conv_head_to_dense"] == 1 and result.passed
+    assert [row["kind"] for row in api.inspect(model).layers][-2:] == ["reshape", "dense"]

@@ -9,7 +9,7 @@ worst <= 1.0 on MNIST models, 2000 test images; worst <= 1.5 on digits models,
 360 test images).
 
     python tools/bench_suite.py [--models a,b] [--effort quick|default|thorough]
-                                [--seed N] [--json FILE] [--markdown FILE]
+                                [--seed N] [--json FILE [--append]] [--markdown FILE]
                                 [--baseline FILE] [--title TEXT]
 
 Each model is converted in this process through ``api.convert`` with only its
@@ -49,15 +49,20 @@ def resolve_data(spec: str, base_dir: Path) -> str:
 
 
 def run_model(model, base_dir: Path, effort: str | None, seed: int) -> dict:
+    """One model's row; a model that does not convert gets its one-line error instead of figures."""
     from whetstone_onnx import api
+    from whetstone_onnx.errors import WhetstoneError
 
     options = model.options
     finetune = True if effort is None else api.FinetuneOptions(effort=effort, seed=seed)
     with tempfile.TemporaryDirectory(prefix="bench_suite_") as out_dir:     # the whole convert, artifacts included
         start = time.perf_counter()
-        result = api.convert(base_dir / model.path, out_dir, data=resolve_data(options["data"], base_dir),
-                             normalize=tuple(options["normalize"]) if options["normalize"] else None,
-                             seed=seed, finetune=finetune, progress=False)
+        try:
+            result = api.convert(base_dir / model.path, out_dir, data=resolve_data(options["data"], base_dir),
+                                 normalize=tuple(options["normalize"]) if options["normalize"] else None,
+                                 seed=seed, finetune=finetune, progress=False)
+        except WhetstoneError as exc:
+            return {"model": model.name, "data": data_family(options["data"]), "error": exc.message}
         wall = time.perf_counter() - start
     report = result.report
     accuracy = report["accuracy"]
@@ -75,13 +80,16 @@ def run_model(model, base_dir: Path, effort: str | None, seed: int) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
+    """Mean and worst loss per data set and overall, over the models that converted."""
     summary = {}
     for family in sorted({row["data"] for row in rows}) + ["all"]:
-        losses = [row["loss"] for row in rows if family in ("all", row["data"])]
-        summary[family] = {"models": len(losses), "mean_loss": round(statistics.mean(losses), 2),
-                           "worst_loss": round(max(losses), 2),
-                           "total_wall_s": round(sum(r["wall_s"] for r in rows if family in ("all", r["data"])), 1)}
-    summary["targets_met"] = summary["all"]["mean_loss"] <= MEAN_TARGET and all(
+        members = [row for row in rows if family in ("all", row["data"])]
+        converted = [row for row in members if "error" not in row]
+        losses = [row["loss"] for row in converted] or [float("nan")]
+        summary[family] = {"models": len(members), "failed": len(members) - len(converted),
+                           "mean_loss": round(statistics.mean(losses), 2), "worst_loss": round(max(losses), 2),
+                           "total_wall_s": round(sum(r["wall_s"] for r in converted), 1)}
+    summary["targets_met"] = summary["all"]["failed"] == 0 and summary["all"]["mean_loss"] <= MEAN_TARGET and all(
         summary[f]["worst_loss"] <= WORST_TARGET.get(f, WORST_TARGET["mnist"]) for f in summary if f not in
         ("all", "targets_met"))
     return summary
@@ -99,12 +107,15 @@ def markdown(rows: list[dict], summary: dict, baseline: list[dict] | None, title
              + (" before: spiking % | before: loss | before: time s |" if before else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if before else "")]
     for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['data']} | did not convert: {row['error']} |")
+            continue
         kept = "" if row["kept_epoch"] is None else f" ({row['kept_epoch']})"
         cells = [row["model"], row["data"], f"{row['original']:.2f}", f"{row['sharpness_0']:.2f}",
                  f"{row['spiking']:.2f}", f"{row['loss']:+.2f}", f"{row['epochs_run']}{kept}", f"{row['wall_s']:.0f}"]
         if before:
             old = before.get(row["model"])
-            cells += ["-", "-", "-"] if old is None else \
+            cells += ["-", "-", "-"] if old is None or "error" in old else \
                 [f"{old['spiking']:.2f}", f"{old['loss']:+.2f}", f"{old['wall_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| data | models | mean loss | worst loss | target (mean / worst) | total time s |"
@@ -115,7 +126,8 @@ def markdown(rows: list[dict], summary: dict, baseline: list[dict] | None, title
         if family == "targets_met":
             continue
         target = f"{MEAN_TARGET} / {WORST_TARGET.get(family, '-')}" if family != "all" else f"{MEAN_TARGET} / -"
-        cells = [family, str(values["models"]), f"{values['mean_loss']:+.2f}", f"{values['worst_loss']:+.2f}", target,
+        failed = f" ({values['failed']} did not convert)" if values["failed"] else ""
+        cells = [family, f"{values['models']}{failed}", f"{values['mean_loss']:+.2f}", f"{values['worst_loss']:+.2f}", target,
                  f"{values['total_wall_s']:.0f}"]
         if before:
             old = old_summary.get(family)
@@ -138,7 +150,9 @@ def main() -> None:
     parser.add_argument("--effort", choices=("quick", "default", "thorough"),
                         help="FinetuneOptions.effort (default: the converter's defaults, untouched)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write the rows and the summary here")
+    parser.add_argument("--json", type=Path, help="write the rows and the summary here (after every model)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows --json already holds and run only the models it lacks")
     parser.add_argument("--markdown", type=Path, help="write the table here (docs/suite.md)")
     parser.add_argument("--baseline", type=Path, help="an earlier run's --json, shown beside this one")
     parser.add_argument("--title", default="Generalisation suite: default options")
@@ -153,23 +167,27 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown models: {', '.join(unknown)}")
         models = [m for m in models if m.name in wanted]
-    rows = []
+    rows = json.loads(args.json.read_text())["rows"] if args.append and args.json and args.json.exists() else []
+    models = [m for m in models if m.name not in {row["model"] for row in rows}]
     print(f"{'model':<36}{'data':<8}{'original':>10}{'sharp 0':>9}{'spiking':>9}{'loss':>7}{'epochs':>8}{'time s':>8}",
           flush=True)
     for model in models:
         row = run_model(model, manifest.base_dir, args.effort, args.seed)
         rows.append(row)
+        if args.json:
+            args.json.write_text(json.dumps({"rows": rows, "summary": summarise(rows), "effort": args.effort,
+                                             "seed": args.seed}, indent=2) + "\n")
+        if "error" in row:
+            print(f"{row['model']:<36}{row['data']:<8}did not convert: {row['error']}", flush=True)
+            continue
         print(f"{row['model']:<36}{row['data']:<8}{row['original']:>10.2f}{row['sharpness_0']:>9.2f}"
               f"{row['spiking']:>9.2f}{row['loss']:>+7.2f}{row['epochs_run']:>8}{row['wall_s']:>8.0f}", flush=True)
     summary = summarise(rows)
     for family, values in summary.items():
         if family != "targets_met":
-            print(f"{family}: {values['models']} models, mean loss {values['mean_loss']:+.2f}, worst "
+            print(f"{family}: {values['models']} models ({values['failed']} did not convert), mean loss {values['mean_loss']:+.2f}, worst "
                   f"{values['worst_loss']:+.2f}, {values['total_wall_s']:.0f} s")
     print(f"targets met: {'yes' if summary['targets_met'] else 'no'}")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "summary": summary, "effort": args.effort,
-                                         "seed": args.seed}, indent=2) + "\n")
     if args.markdown:
         baseline = json.loads(args.baseline.read_text())["rows"] if args.baseline else None
         args.markdown.write_text(markdown(rows, summary, baseline, args.title, args.effort))

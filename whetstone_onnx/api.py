@@ -28,7 +28,7 @@ from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
 from .passes.activations import activations_before_pooling, replace_activations
 from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
-from .passes.output_stage import OUTPUT_MODES, make_output_stage
+from .passes.output_stage import OUTPUT_MODES, conv_head_to_dense, make_output_stage
 from .passes.output import REMOVED_NORMALISER
 from .passes.pipeline import qualified_op_type, run_onnx_passes, unsupported_message, unsupported_nodes
 from .passes.spiking import to_step_network
@@ -83,7 +83,8 @@ def inspect(model: ModelInput) -> InspectResult:
         return result
     try:
         network = _float_network(loaded)[0]
-        activations_before_pooling(network)     # as convert does, so both build the same layers
+        conv_head_to_dense(network)             # as convert does, so both build the same layers
+        activations_before_pooling(network)
         replace_activations(network)
     except UnsupportedModelError as exc:
         result.problem = exc.message
@@ -180,6 +181,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     with clock("sharpen"):
         sharpenable = float_network.copy()
         network_counts = {
+            "conv_head_to_dense": conv_head_to_dense(sharpenable),
             "activations_before_pooling": activations_before_pooling(sharpenable),
             "replace_activations": replace_activations(sharpenable),
         }

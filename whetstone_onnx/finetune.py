@@ -124,11 +124,10 @@ class FinetuneOptions:
             raise InputError("--batch-size must be a positive integer")
         if self.epochs is not None and self.epochs <= self.warmup_epochs:
             raise InputError(f"--epochs {self.epochs}: needs more than the {self.warmup_epochs} warm-up epoch(s)")
-        for name in ("straight_through_epochs", "patience"):
-            value = getattr(self, name)
-            if value is not None and value < (1 if name == "patience" else 0):
-                flag = {"straight_through_epochs": "--ste-epochs", "patience": "--patience"}[name]
-                raise InputError(f"{flag} {value}: must be {'positive' if name == 'patience' else '>= 0'}")
+        if self.straight_through_epochs is not None and self.straight_through_epochs < 0:
+            raise InputError(f"--ste-epochs {self.straight_through_epochs}: must be >= 0")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"--patience {self.patience}: must be positive")
         if not self.learning_rate > 0:
             raise InputError(f"--learning-rate {self.learning_rate}: must be positive")
         if not self.code_temperature > 0:

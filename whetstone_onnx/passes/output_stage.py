@@ -24,8 +24,10 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..network import Network
 from ..ops.activation import Sharpenable
+from ..ops.conv import Conv2d
 from ..ops.decode import NHotDecode, nhot_key
 from ..ops.dense import Dense
+from ..ops.shape import Reshape
 
 OUTPUT_MODES = ("nhot", "readout")
 # The code units' thresholds are placed by quantile; this scale only sets the
@@ -41,6 +43,23 @@ THERMOMETER_SPAN = 0.6
 # the units, see finetune.py): mnist_conv 98.40 (20 units) vs 98.10 (10),
 # torchstyle_mnist_conv 98.50 vs 98.85, mnist_dense 96.50 vs 95.60.
 UNITS_PER_CLASS = 20
+
+
+def conv_head_to_dense(network: Network) -> int:
+    """A classifier head written as a 1x1 convolution over a 1x1 map and a flatten (the
+    all-conv nets' global average pooling, Conv 1x1, Flatten) becomes the flatten and the
+    Dense layer it computes, so that it can be the output stage. Returns 1 if it did."""
+    layers = network.layers
+    if len(layers) < 2 or not isinstance(layers[-1], Reshape) or not isinstance(layers[-2], Conv2d):
+        return 0
+    conv = layers[-2]
+    channels, *spatial = ([network.input_shape] + network.shapes())[len(layers) - 2]
+    if spatial != [1, 1] or conv.weight.shape[2:] != (1, 1) or conv.group != 1 or any(conv.pads) \
+            or tuple(layers[-1].shape) != (conv.out_channels,):
+        return 0
+    layers[-2:] = [Reshape(f"{conv.name}/flatten", (channels,)),
+                   Dense(conv.name, conv.weight[:, :, 0, 0].copy(), None if conv.bias is None else conv.bias.copy())]
+    return 1
 
 
 def make_output_stage(network: Network, mode: str, logits: np.ndarray, *, key_width: int | None = None,
