@@ -85,14 +85,19 @@ def summarise(rows: list[dict]) -> dict:
     for family in sorted({row["data"] for row in rows}) + ["all"]:
         members = [row for row in rows if family in ("all", row["data"])]
         converted = [row for row in members if "error" not in row]
-        losses = [row["loss"] for row in converted] or [float("nan")]
+        losses = [row["loss"] for row in converted]
         summary[family] = {"models": len(members), "failed": len(members) - len(converted),
-                           "mean_loss": round(statistics.mean(losses), 2), "worst_loss": round(max(losses), 2),
+                           "mean_loss": round(statistics.mean(losses), 2) if losses else None,
+                           "worst_loss": round(max(losses), 2) if losses else None,
                            "total_wall_s": round(sum(r["wall_s"] for r in converted), 1)}
     summary["targets_met"] = summary["all"]["failed"] == 0 and summary["all"]["mean_loss"] <= MEAN_TARGET and all(
         summary[f]["worst_loss"] <= WORST_TARGET.get(f, WORST_TARGET["mnist"]) for f in summary if f not in
         ("all", "targets_met"))
     return summary
+
+
+def points(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
 
 
 def markdown(rows: list[dict], summary: dict, baseline: list[dict] | None, title: str, effort: str | None) -> str:
@@ -127,11 +132,11 @@ def markdown(rows: list[dict], summary: dict, baseline: list[dict] | None, title
             continue
         target = f"{MEAN_TARGET} / {WORST_TARGET.get(family, '-')}" if family != "all" else f"{MEAN_TARGET} / -"
         failed = f" ({values['failed']} did not convert)" if values["failed"] else ""
-        cells = [family, f"{values['models']}{failed}", f"{values['mean_loss']:+.2f}", f"{values['worst_loss']:+.2f}", target,
+        cells = [family, f"{values['models']}{failed}", points(values['mean_loss']), points(values['worst_loss']), target,
                  f"{values['total_wall_s']:.0f}"]
         if before:
             old = old_summary.get(family)
-            cells += ["-", "-"] if old is None else [f"{old['mean_loss']:+.2f} / {old['worst_loss']:+.2f}",
+            cells += ["-", "-"] if old is None else [f"{points(old['mean_loss'])} / {points(old['worst_loss'])}",
                                                      f"{old['total_wall_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Targets met: {'yes' if summary['targets_met'] else 'no'}.", ""]
@@ -185,8 +190,8 @@ def main() -> None:
     summary = summarise(rows)
     for family, values in summary.items():
         if family != "targets_met":
-            print(f"{family}: {values['models']} models ({values['failed']} did not convert), mean loss {values['mean_loss']:+.2f}, worst "
-                  f"{values['worst_loss']:+.2f}, {values['total_wall_s']:.0f} s")
+            print(f"{family}: {values['models']} models ({values['failed']} did not convert), mean loss {points(values['mean_loss'])}, worst "
+                  f"{points(values['worst_loss'])}, {values['total_wall_s']:.0f} s")
     print(f"targets met: {'yes' if summary['targets_met'] else 'no'}")
     if args.markdown:
         baseline = json.loads(args.baseline.read_text())["rows"] if args.baseline else None

@@ -11,6 +11,7 @@ import sys
 from . import __version__, api
 from .data import parse_normalize
 from .errors import CheckFailed, UnsupportedModelError, WhetstoneError
+from .report import guard_message
 from .finetune import BATCHNORM_LAYERS, EFFORT_SCALE, MIN_SHIFTED_SIDE, OPTIMIZERS, SHARPENERS, FinetuneOptions
 
 
@@ -200,9 +201,7 @@ def _convert(args) -> int:
     if not result.passed:
         raise CheckFailed(f"{args.model}: equivalence check failed (see {args.out}/report.json)")
     if not result.accuracy_ok:
-        guard = result.report["accuracy_guard"]
-        raise CheckFailed(f"{args.model}: the spiking network loses {guard['loss_points']:.2f} points of accuracy, "
-                          f"more than --max-loss {guard['max_loss_points']:g} (see {args.out}/report.json; "
+        raise CheckFailed(f"{guard_message(args.model, result.report['accuracy_guard'])} (see {args.out}/report.json; "
                           "--accept-loss keeps it)")
     return 0
 

@@ -36,6 +36,12 @@ def accuracy_guard(accuracy: dict, max_loss: float, accepted: bool) -> dict:
             "accepted": accepted}
 
 
+def guard_message(source: str, guard: dict) -> str:
+    """The one-line error of a conversion that lost more accuracy than allowed."""
+    return (f"{source}: the spiking network loses {guard['loss_points']:.2f} points of accuracy, more than the "
+            f"{guard['max_loss_points']:g} allowed")
+
+
 def accuracy_warning(report: dict) -> str | None:
     """One loud line when the spiking network lost more accuracy than allowed, else None."""
     guard = report.get("accuracy_guard")

@@ -47,7 +47,8 @@ else:                                   # the same parser, as a package, before 
 log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = "whetstone_onnx.zoo_summary"
-SUMMARY_SCHEMA_VERSION = "1.0"
+# 1.1: the status accuracy_loss (and its count).
+SUMMARY_SCHEMA_VERSION = "1.1"
 MODEL_RECORD_SCHEMA = "whetstone_onnx.zoo_model"
 MODEL_RECORD_FILE = "zoo.json"      # in each model's directory; written last, it marks the directory complete
 LOG_FILE = "zoo.log"                # the worker's stdout and stderr

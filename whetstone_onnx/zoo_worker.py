@@ -64,10 +64,8 @@ def convert(request: dict) -> dict:
     if not converted.passed:
         return {"status": "failed", "error": f"{request['model']}: equivalence check failed (see report.json)"}
     if not converted.accuracy_ok:
-        guard = converted.report["accuracy_guard"]
-        return {"status": "accuracy_loss", "error": f"{request['model']}: the spiking network loses "
-                                                    f"{guard['loss_points']:.2f} points of accuracy, more than "
-                                                    f"max_loss {guard['max_loss_points']:g}"}
+        from .report import guard_message
+        return {"status": "accuracy_loss", "error": guard_message(request["model"], converted.report["accuracy_guard"])}
     return {"status": "ok", "error": None}
 
 
