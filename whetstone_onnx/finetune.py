@@ -424,7 +424,7 @@ def _monitor(model, layers, validation: tuple[np.ndarray, np.ndarray], evaluatio
     """A Keras callback that scores the spiking network (``model`` with every layer at
     sharpness 1) after each epoch on the validation and evaluation inputs, keeps the weights
     of the best validated epoch (the earliest among equals), stops the straight-through phase
-    after ``options.patience`` epochs without improvement, records the history (loss,
+    after ``options.patience`` epochs without improving on its own best, records the history (loss,
     sharpness per layer, both accuracies) and shows progress on stderr: a bar on a terminal,
     one line per epoch otherwise (logs and CI). Built here so that importing this module
     needs no Keras."""
@@ -442,7 +442,8 @@ def _monitor(model, layers, validation: tuple[np.ndarray, np.ndarray], evaluatio
             self.phase = "sharpening"
             self.best: tuple[tuple[float, float], int] | None = None   # (validation score, epoch; 0: as given)
             self.best_weights: list[np.ndarray] | None = None
-            self.stale = 0                                 # straight-through epochs since the best
+            self.phase_best: tuple[float, float] | None = None   # the straight-through phase's best score
+            self.stale = 0                                 # straight-through epochs since phase_best
             self.stopped_early = False
             self.bar = None
             if progress and sys.stderr.isatty():
@@ -500,17 +501,23 @@ def _monitor(model, layers, validation: tuple[np.ndarray, np.ndarray], evaluatio
                 print(f"fine-tuning epoch {row['epoch']}/{total_epochs} ({self.phase}): {status}", file=sys.stderr)
 
         def _keep_if_best(self, validation: tuple[float, float] | None, epoch: int, epoch_in_phase: int = 0) -> None:
+            """Keep the weights of the best validated epoch so far. Patience counts the
+            straight-through epochs since that phase's own best: it starts below the
+            sharpening phase's best (the step forward pass is new) and must be let climb."""
             if validation is None:
                 return
             if self.best is None or validation > self.best[0]:
                 self.best = (validation, epoch)
                 self.best_weights = [np.array(w) for w in model.get_weights()]
-                self.stale = 0
-            elif self.phase == "straight-through":
-                self.stale += 1
-                if self.stale >= options.patience:
-                    self.model.stop_training = True
-                    self.stopped_early = epoch_in_phase + 1 < self.params["epochs"]
+            if self.phase != "straight-through":
+                return
+            if self.phase_best is None or validation > self.phase_best:
+                self.phase_best, self.stale = validation, 0
+                return
+            self.stale += 1
+            if self.stale >= options.patience:
+                self.model.stop_training = True
+                self.stopped_early = epoch_in_phase + 1 < self.params["epochs"]
 
         def restore_best(self) -> None:
             """The weights of the best validated epoch back into the model (none held out: the last)."""
