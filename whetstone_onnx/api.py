@@ -329,17 +329,10 @@ def export_keras(model, out_dir: str | Path | None = None, *, data: str | Datase
 
 def build_spiking_keras_predictions(model, x: np.ndarray) -> np.ndarray:
     """The Keras model's classes with every Whetstone layer at sharpness 1 (sharpness restored after)."""
-    from .keras.sharpeners import spiking_layers
+    from .keras.sharpeners import at_full_sharpness, spiking_layers
 
-    layers = spiking_layers(model)
-    saved = [layer.get_sharpness() for layer in layers]
-    for layer in layers:
-        layer.set_sharpness(1.0)
-    try:
+    with at_full_sharpness(spiking_layers(model)):
         return model.predict(x, verbose=0).reshape(len(x), -1).argmax(1)
-    finally:
-        for layer, value in zip(layers, saved):
-            layer.set_sharpness(value)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -430,6 +430,8 @@ def _monitor(model, layers, validation: tuple[np.ndarray, np.ndarray], evaluatio
     needs no Keras."""
     import keras
 
+    from .keras.sharpeners import at_full_sharpness
+
     x_validation, y_validation = validation
     x_eval, y_eval = evaluation
     scored = np.concatenate([x_validation, x_eval])
@@ -459,12 +461,8 @@ def _monitor(model, layers, validation: tuple[np.ndarray, np.ndarray], evaluatio
             """The spiking network's (every layer a step) validation score, (accuracy, minus the mean
             cross-entropy of the logits trained on: it ranks equally accurate epochs), and its
             accuracy on the evaluation inputs."""
-            sharpness = [layer.get_sharpness() for layer in layers]
-            for layer in layers:
-                layer.set_sharpness(1.0)
-            logits = self.model.predict(scored, batch_size=1024, verbose=0).astype(np.float64)
-            for layer, value in zip(layers, sharpness):
-                layer.set_sharpness(value)
+            with at_full_sharpness(layers):
+                logits = self.model.predict(scored, batch_size=1024, verbose=0).astype(np.float64)
             classes = logits.argmax(1)
             evaluation_accuracy = float(np.mean(classes[len(y_validation):] == y_eval))
             if not len(y_validation):

@@ -14,6 +14,7 @@ back would synchronise too.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import keras
 
@@ -22,6 +23,19 @@ from .layers import Spiking
 
 def spiking_layers(model: keras.Model) -> list[Spiking]:
     return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, Spiking)]
+
+
+@contextmanager
+def at_full_sharpness(layers: list[Spiking]):
+    """Every layer at sharpness 1 inside the block (the spiking network), each back to its own value after."""
+    saved = [layer.get_sharpness() for layer in layers]
+    for layer in layers:
+        layer.set_sharpness(1.0)
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.set_sharpness(value)
 
 
 class Sharpener(keras.callbacks.Callback):
