@@ -1,6 +1,8 @@
 """Shared test helpers: paths to fixtures and a small builder of hand-made ONNX graphs."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,12 @@ def graph_model(nodes, initializers: dict[str, np.ndarray], input_shape, output_
     model.ir_version = 7
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def run_cli(*args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """The command line in a fresh process (``cwd``: the working directory it runs in)."""
+    return subprocess.run([sys.executable, "-m", "whetstone_onnx.cli", *args], capture_output=True, text=True,
+                          cwd=cwd)
 
 
 @pytest.fixture

@@ -3,16 +3,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-from conftest import MODELS
+from conftest import MODELS, run_cli
 
 from whetstone_onnx.cli import main
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "whetstone_onnx.cli", *args], capture_output=True, text=True)
 
 
 def assert_one_line_error(completed: subprocess.CompletedProcess, code: int, text: str):
@@ -142,3 +137,44 @@ def test_hardware_check_and_quantized_netlist(tmp_path):
     assert max(report["netlist"]["explicit"]["stats"]["distinct_weights_per_projection"].values()) <= 16
     assert 0.5 < report["netlist"]["explicit"]["accuracy"] <= 1.0
     assert report["equivalence"]["netlist"] is None           # quantized: measured by accuracy instead
+
+
+def test_fine_tuning_options_without_data_are_an_error(tmp_path):
+    completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "out"), "--epochs", "3",
+                        "--distill", "0.5")
+    assert_one_line_error(completed, 2, "--epochs, --distill: fine-tuning options, but no --data was given")
+    completed = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "out"), "--data", "digits",
+                        "--no-finetune", "--effort", "quick")
+    assert_one_line_error(completed, 2, "--effort: fine-tuning options, but --no-finetune was given")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    import sys
+    process = subprocess.Popen([sys.executable, "-m", "whetstone_onnx.cli", "inspect", str(MODELS / "mnist_conv.onnx"),
+                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    process.stdout.close()             # `| head -c 0`: gone before the first line is written
+    stderr = process.stderr.read().decode()
+    assert process.wait() == 0 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+@pytest.mark.parametrize("command, text", [("inspect", "spiking layers convert would build"),
+                                           ("check", "without trusting its report"),
+                                           ("convert", "written only after every check ran"),
+                                           ("zoo", "each in its own process")])
+def test_every_command_describes_itself(command, text):
+    completed = run_cli(command, "--help")
+    assert completed.returncode == 0 and text in " ".join(completed.stdout.split())
+
+
+def test_an_error_found_deep_in_the_conversion_names_the_file(tmp_path):
+    from conftest import graph_model
+    from onnx import helper
+    import numpy as np
+    import onnx
+    # supported ops throughout, but the last layer is no Dense: found by the output stage, after loading
+    model = graph_model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                        {"w": np.ones((4, 3), np.float32)}, (4,), (3,))
+    onnx.save(model, tmp_path / "relu_last.onnx")
+    completed = run_cli("convert", str(tmp_path / "relu_last.onnx"), "-o", str(tmp_path / "out"))
+    assert_one_line_error(completed, 2, f"{tmp_path / 'relu_last.onnx'}: ")

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
+import onnx
 import pytest
-from conftest import MODELS
+from conftest import MODELS, run_cli
 
 from whetstone_onnx import api
-from whetstone_onnx.finetune import SHARPENING_STEPS_PER_LAYER, STRAIGHT_THROUGH_STEPS, validation_split
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "whetstone_onnx.cli", *args], capture_output=True, text=True)
+from whetstone_onnx.finetune import (SHARPENING_STEPS_PER_LAYER, STRAIGHT_THROUGH_STEPS, validation_split,
+                                     validation_tolerance)
+from whetstone_onnx.report import accuracy_table
 
 
 def test_validation_split_is_stratified_disjoint_and_seeded():
@@ -80,7 +77,7 @@ def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(
     """The collapse case: a good spiking network, then training that destroys it (here a
     learning rate 50 times the default) while the run goes on. The network written is the
     best validated one, never the last."""
-    good = api.convert(MODELS / "digits_dense.onnx", tmp_path / "good", data="digits", netlist=False,
+    good = api.convert(MODELS / "digits_dense.onnx", tmp_path / "good", data="digits", netlist=False, output="nhot",
                        finetune=api.FinetuneOptions(epochs=3, straight_through_epochs=3))
     assert good.accuracy["spiking"] > 0.85
     collapsed = api.convert(tmp_path / "good" / "sharpenable.onnx", data="digits", netlist=False,
@@ -90,7 +87,8 @@ def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(
     history = report["history"]
     assert max(row["spiking_accuracy"] for row in history[1:]) < 0.2      # training collapsed to chance
     validation = report["validation"]
-    assert validation["accuracy"] >= max(row["validation_accuracy"] for row in history)
+    assert validation["best_accuracy"] == max(row["validation_accuracy"] for row in history)
+    assert validation["accuracy"] >= validation["best_accuracy"] - validation["tolerance"]
     # patience 3: three straight-through epochs without improvement, the rest left unrun
     assert validation["samples"] == 142 and validation["stopped_early"] and validation["epochs_run"] < 2 + 6
     # The network kept is the one validated best: as it came in (epoch 0) or the first epoch.
@@ -129,3 +127,36 @@ def test_loss_guard_fails_the_conversion_unless_the_loss_is_accepted(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == "whetstone-onnx: error: --max-loss -1.0: expected 0 to 100 points"
     assert not (tmp_path / "bad").exists()
+
+
+def test_validation_tolerance_is_one_standard_error_and_never_zero():
+    assert validation_tolerance(0.98, 800) == pytest.approx(math.sqrt(0.98 * 0.02 / 800), rel=0.05)
+    assert 0 < validation_tolerance(1.0, 142) < 1 / 142        # a perfect score still has a spread
+    assert validation_tolerance(0.9, 10_000) < validation_tolerance(0.9, 100)
+
+
+@pytest.mark.slow
+def test_auto_output_trains_both_stages_and_writes_the_better_validated_one(tmp_path):
+    result = api.convert(MODELS / "digits_dense.onnx", tmp_path / "auto", data="digits", accept_loss=True,
+                         finetune=api.FinetuneOptions(epochs=3, straight_through_epochs=2))
+    report = result.report
+    heads = report["finetune"]["validation"]["output"]
+    chosen = heads["chosen"]
+    assert report["options"]["output"] == "auto"
+    assert report["output_stage"] == {"requested": "auto", "written": chosen, "chosen_on_validation": True}
+    other = {"nhot": "readout", "readout": "nhot"}[chosen]
+    assert heads[chosen]["best_accuracy"] >= heads[other]["best_accuracy"]
+    assert all(set(row["heads"]) == {"nhot", "readout"} for row in report["finetune"]["history"])
+    # the stage written is the one chosen: an N-hot decode in the spiking graph or none
+    spiking = onnx.load(tmp_path / "auto" / "spiking.onnx")
+    assert any(node.op_type == "NHotDecode" for node in spiking.graph.node) == (chosen == "nhot")
+    assert report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
+    assert report["passed"]
+    assert f"output stage: {chosen}, chosen on the held-out samples" in accuracy_table(report)
+    # explicit options win; without fine-tuning there is nothing to choose on
+    nhot = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, output="nhot", accept_loss=True,
+                       finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=1))
+    assert "output" not in nhot.report["finetune"]["validation"]
+    assert nhot.report["output_stage"] == {"requested": "nhot", "written": "nhot", "chosen_on_validation": False}
+    fixed = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, finetune=False, accept_loss=True)
+    assert fixed.report["output_stage"] == {"requested": "auto", "written": "nhot", "chosen_on_validation": False}

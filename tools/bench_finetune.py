@@ -7,7 +7,8 @@ accuracy, difference, whether the target is met, and wall time.
     python tools/bench_finetune.py [--quick] [--models mnist_dense,...] [--json FILE]
                                    [--train-samples N] [--distill WEIGHT]
 
-``--quick``: N-hot output only. Targets (spiking accuracy on the held-out split):
+``--quick``: the default output stage only (auto: N-hot or readout, chosen on the
+held-out training samples; the row's ``written`` says which). Targets (spiking accuracy on the held-out split):
 digits >= float - 1 point with the whole conversion under 60 s; mnist_dense
 >= float - 0.5; the MNIST conv nets >= float - 0.3 and >= 97.5 %.
 
@@ -63,7 +64,8 @@ def run_case(name: str, output: str, train_samples: int | None = None, distill: 
     original, spiking = 100 * accuracy["original"], 100 * accuracy["spiking"]
     met = spiking >= original - max_drop - 1e-9 and (floor is None or spiking >= floor) \
         and (time_limit is None or wall < time_limit)
-    return {"model": name, "output": output, "train_samples": result.report["data"]["train_samples"],
+    return {"model": name, "output": output, "written": result.report["output_stage"]["written"],
+            "train_samples": result.report["data"]["train_samples"],
             "float": round(original, 2), "spiking": round(spiking, 2),
             "sharpenable_start": round(100 * accuracy["sharpenable_start"], 2),
             "difference": round(spiking - original, 2), "target_met": met, "wall_s": round(wall, 1),
@@ -74,7 +76,7 @@ def run_case(name: str, output: str, train_samples: int | None = None, distill: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N-hot output only")
+    parser.add_argument("--quick", action="store_true", help="the default output stage (auto) only")
     parser.add_argument("--models", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--train-samples", type=int, metavar="N",
@@ -86,7 +88,7 @@ def main() -> None:
     unknown = sorted(set(names) - set(CASES))
     if unknown:
         parser.error(f"unknown models: {', '.join(unknown)}")
-    outputs = ("nhot",) if args.quick else ("nhot", "readout")
+    outputs = ("auto",) if args.quick else ("auto", "nhot", "readout")
     header = (f"{'model':<33}{'output':<9}{'train':>7}{'float %':>9}{'spiking %':>11}{'diff':>8}{'target':>8}"
               f"{'wall s':>8}")
     print(header)
@@ -96,7 +98,8 @@ def main() -> None:
         for output in outputs:
             row = run_case(name, output, args.train_samples, args.distill)
             rows.append(row)
-            print(f"{row['model']:<33}{row['output']:<9}{row['train_samples']:>7}{row['float']:>9.2f}"
+            written = "" if row["output"] == row["written"] else f">{row['written'][0]}"
+            print(f"{row['model']:<33}{row['output'] + written:<9}{row['train_samples']:>7}{row['float']:>9.2f}"
                   f"{row['spiking']:>11.2f}"
                   f"{row['difference']:>+8.2f}{'yes' if row['target_met'] else 'no':>8}{row['wall_s']:>8.1f}",
                   flush=True)

@@ -48,19 +48,38 @@ def resolve_data(spec: str, base_dir: Path) -> str:
     return spec if not where or Path(where).is_absolute() else f"{kind}:{(base_dir / where).resolve()}"
 
 
-def run_model(model, base_dir: Path, effort: str | None, seed: int) -> dict:
+def finetune_overrides(pairs: list[str]) -> dict:
+    """``NAME=VALUE`` pairs as FinetuneOptions fields, each value parsed as its default's type."""
+    from dataclasses import fields
+
+    from whetstone_onnx.api import FinetuneOptions
+
+    known = {f.name: f.default for f in fields(FinetuneOptions)}
+    overrides = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in known:
+            raise SystemExit(f"--set {pair}: no FinetuneOptions field {name!r}")
+        default = known[name]
+        kind = type(default) if default is not None else (float if "." in value else int)
+        overrides[name] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return overrides
+
+
+def run_model(model, base_dir: Path, effort: str | None, seed: int, overrides: dict | None = None,
+              output: str = "auto") -> dict:
     """One model's row; a model that does not convert gets its one-line error instead of figures."""
     from whetstone_onnx import api
     from whetstone_onnx.errors import WhetstoneError
 
     options = model.options
-    finetune = True if effort is None else api.FinetuneOptions(effort=effort, seed=seed)
+    finetune = api.FinetuneOptions(effort=effort or "default", seed=seed, **(overrides or {}))
     with tempfile.TemporaryDirectory(prefix="bench_suite_") as out_dir:     # the whole convert, artifacts included
         start = time.perf_counter()
         try:
             result = api.convert(base_dir / model.path, out_dir, data=resolve_data(options["data"], base_dir),
                                  normalize=tuple(options["normalize"]) if options["normalize"] else None,
-                                 seed=seed, finetune=finetune, progress=False)
+                                 seed=seed, finetune=finetune, output=output, progress=False)
         except WhetstoneError as exc:
             return {"model": model.name, "data": data_family(options["data"]), "error": exc.message}
         wall = time.perf_counter() - start
@@ -73,7 +92,8 @@ def run_model(model, base_dir: Path, effort: str | None, seed: int) -> dict:
             "sharpness_0": round(100 * accuracy["sharpenable_start"], 2),
             "spiking": round(100 * accuracy["spiking"], 2),
             "loss": round(100 * (accuracy["original"] - accuracy["spiking"]), 2),
-            "epochs_run": len(tuned.get("history", [])), "kept_epoch": validation.get("kept_epoch"),
+            "output": report["output_stage"]["written"], "epochs_run": len(tuned.get("history", [])),
+            "kept_epoch": validation.get("kept_epoch"),
             "validation": validation.get("accuracy"), "wall_s": round(wall, 1),
             "finetune_s": round(report["timings_s"].get("finetune", 0.0), 1),
             "passed": report["passed"]}
@@ -105,19 +125,20 @@ def markdown(rows: list[dict], summary: dict, baseline: list[dict] | None, title
     lines = [f"# {title}", "",
              f"Measured {date.today().isoformat()} on {platform.machine()} ({_cores()} cores), Python "
              f"{platform.python_version()}, with `python tools/bench_suite.py` "
-             f"({'default options' if effort is None else f'--effort {effort}'}; N-hot output). "
+             f"({'default options' if effort is None else f'--effort {effort}'}). "
              "Loss = original - spiking, in points, on the held-out split (digits: 360 images, "
              "MNIST: images 8000-9999). The models and their recipes: `models/suite/README.md`.", "",
-             "| model | data | original % | sharpness 0 % | spiking % | loss | epochs run (kept) | time s |"
+             "| model | data | original % | sharpness 0 % | spiking % | loss | output | epochs run (kept) | time s |"
              + (" before: spiking % | before: loss | before: time s |" if before else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if before else "")]
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if before else "")]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['model']} | {row['data']} | did not convert: {row['error']} |")
             continue
         kept = "" if row["kept_epoch"] is None else f" ({row['kept_epoch']})"
         cells = [row["model"], row["data"], f"{row['original']:.2f}", f"{row['sharpness_0']:.2f}",
-                 f"{row['spiking']:.2f}", f"{row['loss']:+.2f}", f"{row['epochs_run']}{kept}", f"{row['wall_s']:.0f}"]
+                 f"{row['spiking']:.2f}", f"{row['loss']:+.2f}", row.get("output", "nhot"), f"{row['epochs_run']}{kept}",
+                 f"{row['wall_s']:.0f}"]
         if before:
             old = before.get(row["model"])
             cells += ["-", "-", "-"] if old is None or "error" in old else \
@@ -155,6 +176,9 @@ def main() -> None:
     parser.add_argument("--effort", choices=("quick", "default", "thorough"),
                         help="FinetuneOptions.effort (default: the converter's defaults, untouched)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a FinetuneOptions field to change, for experiments (repeatable)")
+    parser.add_argument("--output", default="auto", help="convert's output stage (auto, nhot, readout)")
     parser.add_argument("--json", type=Path, help="write the rows and the summary here (after every model)")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows --json already holds and run only the models it lacks")
@@ -174,19 +198,21 @@ def main() -> None:
         models = [m for m in models if m.name in wanted]
     rows = json.loads(args.json.read_text())["rows"] if args.append and args.json and args.json.exists() else []
     models = [m for m in models if m.name not in {row["model"] for row in rows}]
-    print(f"{'model':<36}{'data':<8}{'original':>10}{'sharp 0':>9}{'spiking':>9}{'loss':>7}{'epochs':>8}{'time s':>8}",
-          flush=True)
+    print(f"{'model':<36}{'data':<8}{'original':>10}{'sharp 0':>9}{'spiking':>9}{'loss':>7}{'output':>9}{'epochs':>8}"
+          f"{'time s':>8}", flush=True)
     for model in models:
-        row = run_model(model, manifest.base_dir, args.effort, args.seed)
+        row = run_model(model, manifest.base_dir, args.effort, args.seed, finetune_overrides(args.set), args.output)
         rows.append(row)
         if args.json:
             args.json.write_text(json.dumps({"rows": rows, "summary": summarise(rows), "effort": args.effort,
-                                             "seed": args.seed}, indent=2) + "\n")
+                                             "seed": args.seed, "set": args.set, "output": args.output},
+                                            indent=2) + "\n")
         if "error" in row:
             print(f"{row['model']:<36}{row['data']:<8}did not convert: {row['error']}", flush=True)
             continue
         print(f"{row['model']:<36}{row['data']:<8}{row['original']:>10.2f}{row['sharpness_0']:>9.2f}"
-              f"{row['spiking']:>9.2f}{row['loss']:>+7.2f}{row['epochs_run']:>8}{row['wall_s']:>8.0f}", flush=True)
+              f"{row['spiking']:>9.2f}{row['loss']:>+7.2f}{row['output']:>9}{row['epochs_run']:>8}{row['wall_s']:>8.0f}",
+              flush=True)
     summary = summarise(rows)
     for family, values in summary.items():
         if family != "targets_met":

@@ -1,6 +1,7 @@
 """The typed public API: ``inspect`` and ``convert``. The CLI is a thin shell over it."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -26,6 +27,8 @@ from .netlist.hardware import PRESETS as HARDWARE_PRESETS
 from .netlist.nir_export import DEFAULT_DT, PROFILES, to_nir
 from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
+from .ops.decode import NHotDecode
+from .ops.dense import Dense
 from .passes.activations import activations_before_pooling, replace_activations
 from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
 from .passes.output_stage import OUTPUT_MODES, conv_head_to_dense, make_output_stage
@@ -37,7 +40,8 @@ from .report import DEFAULT_MAX_LOSS, SCHEMA, SCHEMA_VERSION, accuracy_guard, ac
 from .spiking_onnx import DOMAIN, DOMAIN_VERSION
 from .zoo import DEFAULT_TIMEOUT_S, ZooResult
 
-ModelInput = str | Path | onnx.ModelProto
+# A path, or the model's bytes or ModelProto (then ``model_dir``: the folder holding its external data, if any).
+ModelInput = str | Path | bytes | onnx.ModelProto
 CALIBRATION_SAMPLES = 1000
 NETLIST_FILES = (SYNAPSES_FILE, NEURONS_FILE, HEADER_FILE)   # header last: it vouches for the others
 RANDOM_CHECK_SAMPLES = 256
@@ -70,9 +74,10 @@ class InspectResult:
                 "problem": self.problem, "layers": self.layers}
 
 
-def inspect(model: ModelInput) -> InspectResult:
+def inspect(model: ModelInput, *, model_dir: str | Path | None = None, output_name: str | None = None
+            ) -> InspectResult:
     """What the model holds, what is supported, and the spiking layers the converter would build."""
-    loaded = load_model(model)
+    loaded = load_model(model, model_dir, output_name)
     counts = Counter(qualified_op_type(node) for node in loaded.model.graph.node)
     unsupported = unsupported_nodes(loaded.model)
     refused = {op_type for op_type, _ in unsupported}
@@ -125,12 +130,13 @@ class ConversionResult:
 
 
 def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
-            normalize: tuple[float, float] | None = None, output: str = "nhot", key_width: int | None = None,
+            normalize: tuple[float, float] | None = None, output: str = "auto", key_width: int | None = None,
             seed: int = 0, finetune: bool | FinetuneOptions = True,
             calibration_percentile: float = DEFAULT_PERCENTILE, progress: bool = False,
             netlist: bool = True, nir_profile: str = "portable", nir_dt: float = DEFAULT_DT,
             weight_bits: int | None = None, hardware: str | None = None,
-            max_loss: float = DEFAULT_MAX_LOSS, accept_loss: bool = False) -> ConversionResult:
+            max_loss: float = DEFAULT_MAX_LOSS, accept_loss: bool = False,
+            model_dir: str | Path | None = None, output_name: str | None = None) -> ConversionResult:
     """Convert a trained ONNX classifier into sharpenable and spiking ONNX graphs.
 
     With data, the network is fine-tuned through Keras while it is sharpened
@@ -145,6 +151,9 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     than ``max_loss`` points below the original (``accept_loss``: the user accepts that);
     ``ConversionResult.accuracy_ok`` is False when it does and was not accepted. Raises ``InputError``,
     ``UnsupportedModelError`` or ``DataError`` on bad input, before writing anything.
+    Weights the model stores in external files are read from its own folder only (``model_dir``
+    for bytes or a ModelProto), never from the working directory. ``output_name``: the class-score
+    output of a model with several (by default the only float one of rank 2 or more).
     """
     if not 0.0 < calibration_percentile <= 100.0:
         raise InputError(f"calibration percentile {calibration_percentile}: must be in (0, 100]")
@@ -165,7 +174,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     clock = _Clock(timings)
 
     with clock("load"):
-        loaded = load_model(model)
+        loaded = load_model(model, model_dir, output_name)
         unsupported = unsupported_nodes(loaded.model)
         if unsupported:
             raise UnsupportedModelError(unsupported_message(loaded.source, unsupported))
@@ -186,9 +195,17 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             "replace_activations": replace_activations(sharpenable),
         }
         calibrated = calibrate_scales(sharpenable, calibration, calibration_percentile)
+        # "auto": fine-tuning trains an N-hot code and a readout side by side and keeps the one
+        # that validates better. With nothing to validate on, the N-hot code, unless the model
+        # is already sharpened (a Whetstone graph, such as a readout this converter wrote).
+        choose_output = output == "auto" and bool(finetune) and dataset is not None \
+            and finetune_options.validation > 0 and isinstance(sharpenable.layers[-1], Dense)
+        readout = copy.deepcopy(sharpenable.layers[-1]) if choose_output else None
+        sharpened = any(layer.sharpness > 0 for layer in sharpenable.layers if isinstance(layer, Sharpenable))
+        stage = output if output != "auto" else "readout" if sharpened and not choose_output else "nhot"
         network_counts.update({
             "calibrate_scales": calibrated.scaled_layers,
-            "make_output_stage": make_output_stage(sharpenable, output, calibrated.outputs, key_width=key_width,
+            "make_output_stage": make_output_stage(sharpenable, stage, calibrated.outputs, key_width=key_width,
                                                    seed=seed),
         })
         initial_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded.source, loaded.sha256))
@@ -205,7 +222,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         with clock("finetune"):
             tuned = run_finetune(sharpenable, train, dataset.y_train, test, dataset.y_test, finetune_options,
                                  progress=progress, teacher=runtime.batch_function(float_model)
-                                 if finetune_options.distillation else None)
+                                 if finetune_options.distillation else None,
+                                 readout=readout if isinstance(sharpenable.layers[-1], NHotDecode) else None)
         trained = tuned.network
         finetune_report.update(performed=True, options=asdict(tuned.options),
                                reached_full_sharpness=tuned.reached_full_sharpness, validation=tuned.validation,
@@ -259,6 +277,9 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         "data": None if dataset is None else {"spec": dataset.spec, "train_samples": len(dataset.y_train),
                                               "test_samples": len(dataset.y_test)},
         "accuracy": accuracy,
+        "output_stage": {"requested": output, "chosen_on_validation": tuned is not None and readout is not None
+                         and bool(tuned.validation), "written": "nhot" if isinstance(trained.layers[-1], NHotDecode)
+                         else "readout"},
         "accuracy_guard": None if accuracy is None else accuracy_guard(accuracy, max_loss, accept_loss),
         "equivalence": {
             "float": asdict(float_check),

@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from . import __version__, api
 from .data import parse_normalize
 from .errors import CheckFailed, UnsupportedModelError, WhetstoneError
+from .native_logs import native_logs_filtered
 from .report import guard_message
 from .finetune import BATCHNORM_LAYERS, EFFORT_SCALE, MIN_SHIFTED_SIDE, OPTIMIZERS, SHARPENERS, FinetuneOptions
+
+
+OUTPUT_NAME_HELP = ("the model's class-score output, when it has several (default: the only float tensor "
+                    "output of rank 2 or more, e.g. skl2onnx's probabilities beside its labels)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,19 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo(commands, flags)
 
     inspect = commands.add_parser("inspect", help="list the model's ops and the planned spiking layers",
+                                  description="List the model's ops (supported or not) and the spiking layers "
+                                              "convert would build from it; exit 2 when something is not supported.",
                                   parents=[flags])
     inspect.add_argument("model", help="an .onnx file")
     inspect.add_argument("--json", action="store_true", help="print the result as JSON")
+    inspect.add_argument("--output-name", metavar="NAME", help=OUTPUT_NAME_HELP)
 
     convert = commands.add_parser("convert", help="convert a model; writes sharpenable.onnx, spiking.onnx, "
-                                                  "report.json", parents=[flags])
+                                                  "report.json",
+                                  description="Convert a trained ONNX classifier into a single-spike network: "
+                                              "sharpenable.onnx, spiking.onnx, the netlists and report.json in "
+                                              "OUTDIR, written only after every check ran. With --data it is "
+                                              "fine-tuned while sharpened. Exit 0 ok, 1 a check failed or the "
+                                              "accuracy lost is over --max-loss, 2 bad input.",
+                                  parents=[flags])
     convert.add_argument("model", help="an .onnx file")
+    convert.add_argument("--output-name", metavar="NAME", help=OUTPUT_NAME_HELP)
     convert.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output directory")
     convert.add_argument("--data", metavar="SPEC", help="digits | mnist:DIR | npz:FILE")
     convert.add_argument("--normalize", metavar="MEAN,STD", type=_normalize,
                          help="the model expects (x - MEAN) / STD of the data's [0, 1] pixels")
-    convert.add_argument("--output", choices=("nhot", "readout"), default="nhot",
-                         help="spiking N-hot code (default) or a float readout of the last layer")
+    convert.add_argument("--output", choices=api.OUTPUT_MODES, default="auto",
+                         help="output stage: a spiking N-hot code, a float readout of the last layer, or "
+                              "auto (default): both trained while fine-tuning, the better one on the "
+                              "held-out samples kept (N-hot without fine-tuning)")
     convert.add_argument("--key-width", type=int, metavar="K", help="N-hot code width (default 20 x classes)")
     convert.add_argument("--percentile", type=float, default=api.DEFAULT_PERCENTILE, metavar="P",
                          help="calibration: each ReLU layer is scaled by the P-th percentile of its positive "
@@ -66,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--accept-loss", action="store_true",
                          help="keep a conversion that loses more than --max-loss (still reported loudly)")
     check = commands.add_parser("check", help="re-check a convert output: spiking.onnx against model.nir "
-                                              "and the explicit netlist, layer by layer", parents=[flags])
+                                              "and the explicit netlist, layer by layer",
+                                description="Re-check a convert output folder without trusting its report: "
+                                            "spiking.onnx against model.nir and the explicit netlist, layer by "
+                                            "layer, on the data recorded in report.json or --data; exit 1 when "
+                                            "spikes differ beyond threshold ties.", parents=[flags])
     check.add_argument("out_dir", metavar="OUTDIR")
     check.add_argument("--data", metavar="SPEC", help="default: the data recorded in OUTDIR/report.json")
     check.add_argument("--normalize", metavar="MEAN,STD", type=_normalize)
@@ -114,13 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--distill", type=float, metavar="WEIGHT", default=defaults.distillation,
                         help="weight of the original model's soft class probabilities in the loss, for "
                              "fine-tuning data fewer than the model was trained on (0 to 1, default 0)")
+    convert.set_defaults(tuning_flags=[(action.dest, action.option_strings[0], action.default)
+                                       for action in tuning._group_actions])
     return parser
 
 
 def _add_zoo(commands, flags: argparse.ArgumentParser) -> None:
     zoo = commands.add_parser("zoo", help="convert every model of a manifest, each in its own process; "
                                           "writes OUTDIR/<model>/ and OUTDIR/summary.json, summary.md",
-                              parents=[flags])
+                              description="Convert every model a TOML manifest (or a folder of .onnx files) "
+                                          "lists, each in its own process, into OUTDIR/<model>/, with "
+                                          "OUTDIR/summary.json and summary.md; exit 1 when any model did not "
+                                          "convert.", parents=[flags])
     zoo.add_argument("manifest", metavar="MANIFEST", help="a TOML manifest, or a directory of .onnx files")
     zoo.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output directory")
     zoo.add_argument("--jobs", type=int, default=1, metavar="N", help="models converted at once (default 1)")
@@ -148,20 +175,39 @@ def _configure_logging(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         _configure_logging(args)
-        return _COMMANDS[args.command](args)
+        if getattr(args, "verbose", False):
+            return _COMMANDS[args.command](args)
+        with native_logs_filtered():
+            return _COMMANDS[args.command](args)
     except WhetstoneError as exc:
-        print(f"whetstone-onnx: error: {exc.message}", file=sys.stderr)
+        print(f"whetstone-onnx: error: {_naming_the_file(exc.message, args)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("whetstone-onnx: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left early (`inspect --json | head`): nothing more to say, and Python must
+        # not complain again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _naming_the_file(message: str, args) -> str:
+    """The message with the file or folder the command works on in front, unless it names it
+    already or is about an option (a problem found deep in the conversion knows the layer, not
+    the file)."""
+    subject = getattr(args, "model", None) or getattr(args, "out_dir", None) or getattr(args, "manifest", None)
+    if subject is None or str(subject) in message or message.startswith(("--", "usage:")):
+        return message
+    return f"{subject}: {message}"
 
 
 def _inspect(args) -> int:
-    result = api.inspect(args.model)
+    result = api.inspect(args.model, output_name=args.output_name)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -181,6 +227,10 @@ def _inspect(args) -> int:
 def _convert(args) -> int:
     if args.key_width is not None and args.key_width < 1:
         raise WhetstoneError(f"--key-width {args.key_width}: must be a positive integer")
+    given = [flag for dest, flag, default in args.tuning_flags if getattr(args, dest) != default]
+    if given and (args.data is None or args.no_finetune):
+        raise WhetstoneError(f"{', '.join(given)}: fine-tuning options, but "
+                             + ("no --data was given to fine-tune on" if args.data is None else "--no-finetune was given"))
     options = FinetuneOptions(effort=args.effort, epochs=args.epochs, sharpener=args.sharpener,
                               optimizer=args.optimizer, learning_rate=args.learning_rate,
                               batch_size=args.batch_size, seed=args.seed, straight_through_epochs=args.ste_epochs,
@@ -192,7 +242,8 @@ def _convert(args) -> int:
                          calibration_percentile=args.percentile, progress=not getattr(args, "quiet", False),
                          netlist=not args.no_netlist,
                          nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
-                         hardware=args.hardware, max_loss=args.max_loss, accept_loss=args.accept_loss)
+                         hardware=args.hardware, max_loss=args.max_loss, accept_loss=args.accept_loss,
+                         output_name=args.output_name)
     print(result.summary())
     netlist_files = ["model.nir", *api.NETLIST_FILES] if not args.no_netlist else []
     written = ["sharpenable.onnx", "spiking.onnx", *netlist_files, "report.json"] + \

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import onnx
 import onnx.version_converter
+from onnx import external_data_helper
 from google.protobuf.message import DecodeError
 
 from .errors import InputError
@@ -33,25 +34,33 @@ class LoadedModel:
     original_ir_version: int
 
 
-def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
+def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path | None = None,
+               output_name: str | None = None) -> LoadedModel:
     """Read, check, convert to ``PINNED_OPSET`` and shape-infer a model.
 
+    Weights stored outside the model (``m.onnx.data``, as PyTorch's exporter writes
+    them) are read from the model file's folder, or for bytes and a ModelProto from
+    ``base_dir``, never from the working directory, and only from inside that folder.
+    A model with several outputs (a classifier's labels beside its class scores) is cut
+    down to one: ``output_name``, or the only float tensor output of rank 2 or more.
     The caller's file or ModelProto is never modified: conversion works on a copy.
     """
-    if isinstance(model, onnx.ModelProto):
+    if isinstance(model, (onnx.ModelProto, bytes)):
         source = "<memory>"
-        raw = model.SerializeToString()
+        raw = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     else:
         path = Path(model)
         source = str(path)
         if not path.is_file():
             raise InputError(f"{source}: file not found")
         raw = path.read_bytes()
+        base_dir = path.parent if base_dir is None else base_dir
     sha256 = hashlib.sha256(raw).hexdigest()
     try:
         proto = onnx.ModelProto.FromString(raw)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise InputError(f"{source}: not a readable ONNX model ({_first_line(exc) or 'protobuf decode error'})") from None
+    _embed_external_data(proto, None if base_dir is None else Path(base_dir), source)
     if not proto.graph.node:
         raise InputError(f"{source}: not an ONNX model (the graph has no nodes)")
     try:
@@ -64,8 +73,7 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
     if len(_data_inputs(proto)) != 1:
         raise InputError(f"{source}: the model must have exactly one data input "
                          f"(found {len(_data_inputs(proto))})")
-    if len(proto.graph.output) != 1:
-        raise InputError(f"{source}: the model must have exactly one output (found {len(proto.graph.output)})")
+    _keep_one_output(proto, output_name, source)
     original_ir = proto.ir_version
     if original_opset != PINNED_OPSET:
         try:
@@ -73,8 +81,6 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
         except Exception as exc:  # the converter raises bare RuntimeErrors/ValueErrors
             raise InputError(f"{source}: cannot convert opset {original_opset} to {PINNED_OPSET} "
                              f"({_first_line(exc)})") from None
-    else:
-        proto = onnx.ModelProto.FromString(raw)
     proto.ir_version = PINNED_IR_VERSION
     _drop_initializer_inputs(proto)
     try:
@@ -82,6 +88,106 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
     except Exception as exc:
         raise InputError(f"{source}: shape inference failed ({_first_line(exc)})") from None
     return LoadedModel(proto, source, sha256, original_opset, original_ir)
+
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _keep_one_output(proto: onnx.ModelProto, output_name: str | None, source: str) -> None:
+    """Keep the class-score output (``output_name``, or the only float tensor output of rank >= 2
+    among several) and remove the nodes and weights only the others needed (label branches)."""
+    outputs = list(proto.graph.output)
+    names = ", ".join(f"'{o.name}'" for o in outputs)
+    zipmap = {out for node in proto.graph.node if node.op_type == "ZipMap" for out in node.output}
+    scores = [o for o in outputs if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type in FLOAT_TYPES
+              and (not o.type.tensor_type.HasField("shape") or len(o.type.tensor_type.shape.dim) >= 2)]
+    if output_name is not None:
+        chosen = [o for o in outputs if o.name == output_name]
+        if not chosen:
+            raise InputError(f"{source}: no output named '{output_name}' (the outputs are {names})")
+        if chosen[0] not in scores and chosen[0].name not in zipmap:
+            raise InputError(f"{source}: output '{output_name}' is not a float tensor of class scores")
+    else:
+        chosen = scores
+    if (len(chosen) != 1 or chosen[0].name in zipmap) and zipmap:
+        raise InputError(f"{source}: the class probabilities come out of a ZipMap (a sequence of maps); export "
+                         "with skl2onnx's options={'zipmap': False} to get them as a tensor")
+    if len(chosen) != 1:
+        raise InputError(f"{source}: {len(outputs)} outputs ({names}) and no single float class-score output "
+                         "among them; choose one with --output-name")
+    if len(outputs) == 1:
+        return
+    del proto.graph.output[:]
+    proto.graph.output.extend(chosen)
+    needed, kept = {chosen[0].name}, []
+    for node in reversed(proto.graph.node):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del proto.graph.node[:]
+    proto.graph.node.extend(reversed(kept))
+    weights = [init for init in proto.graph.initializer if init.name in needed]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(weights)
+
+
+def _embed_external_data(proto: onnx.ModelProto, base_dir: Path | None, source: str) -> None:
+    """Read every tensor stored in an external file into the model. The file must lie inside
+    ``base_dir`` (no absolute path, no "..", no symlink leading out): a model names its files,
+    and a hostile one must not make the converter copy others into its outputs."""
+    for tensor in _tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        where = f"{source}: tensor '{tensor.name}' is stored in external file '{info.location}'"
+        if base_dir is None:
+            raise InputError(f"{where}; give the model as a path, or the folder that holds that file")
+        location = Path(info.location)
+        if not info.location or location.is_absolute() or PureWindowsPath(info.location).is_absolute() \
+                or ".." in location.parts or ".." in PureWindowsPath(info.location).parts:
+            raise InputError(f"{where}, which is not a file inside the model's folder; refused")
+        folder = base_dir.resolve()
+        path = (folder / location).resolve()
+        if not path.is_relative_to(folder):
+            raise InputError(f"{where}, a link leading out of the model's folder; refused")
+        if not path.is_file():
+            raise InputError(f"{where}, not found in {base_dir}")
+        offset, length = int(info.offset or 0), None if info.length is None else int(info.length)
+        with path.open("rb") as file:
+            file.seek(offset)
+            data = file.read() if length is None else file.read(length)
+        if length is not None and len(data) != length:
+            raise InputError(f"{where}: it ends before the {length} bytes at offset {offset}")
+        tensor.raw_data = data
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _tensors(proto: onnx.ModelProto):
+    """Every TensorProto of the model: initializers and constant attributes, in subgraphs and functions too."""
+    def of_nodes(nodes):
+        for node in nodes:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield attribute.sparse_tensor.values
+                if attribute.HasField("g"):
+                    yield from of_graph(attribute.g)
+                for graph in attribute.graphs:
+                    yield from of_graph(graph)
+
+    def of_graph(graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from of_nodes(graph.node)
+
+    yield from of_graph(proto.graph)
+    for function in proto.functions:
+        yield from of_nodes(function.node)
 
 
 def default_opset(proto: onnx.ModelProto) -> int | None:

@@ -10,7 +10,9 @@ from importlib import metadata
 SCHEMA = "whetstone_onnx.report"
 # 1.1: equivalence.sharpenable.sharpness is per layer (a Whetstone Keras export starts sharpened).
 # 1.2: accuracy_guard; finetune.validation (the epoch kept); history rows' validation_accuracy.
-SCHEMA_VERSION = "1.2"
+# 1.3: output_stage (requested, written, chosen on validation); options.output may be "auto";
+#      finetune.validation.output (each output stage's best validated accuracy).
+SCHEMA_VERSION = "1.3"
 # Points of accuracy the spiking network may lose against the original before convert
 # fails (exit 1) unless the loss is accepted.
 DEFAULT_MAX_LOSS = 2.0
@@ -104,9 +106,16 @@ def accuracy_table(report: dict) -> str:
                      f"on {keras_check['samples']} inputs; {len(finetune['history'])} epochs")
         validation = finetune.get("validation")
         if validation:
+            best = validation.get("best_accuracy", validation["accuracy"])
             lines.append(f"kept epoch {validation['kept_epoch']} of {validation['epochs_run']}: "
                          f"{100 * validation['accuracy']:.2f} % spiking on {validation['samples']} held-out "
-                         f"training samples" + (" (stopped early)" if validation["stopped_early"] else ""))
+                         f"training samples" + ("" if best == validation["accuracy"] else
+                                                f" (best {100 * best:.2f} %, within one standard error)")
+                         + (" (stopped early)" if validation["stopped_early"] else ""))
+            if "output" in validation:
+                heads = validation["output"]
+                lines.append(f"output stage: {heads['chosen']}, chosen on the held-out samples (N-hot "
+                             f"{100 * heads['nhot']['best_accuracy']:.2f} %, readout {100 * heads['readout']['best_accuracy']:.2f} %)")
     else:
         lines.append(f"fine-tuning not performed: {finetune['reason']}")
     warning = accuracy_warning(report)

@@ -38,6 +38,7 @@ from .artifacts import json_bytes, make_temporary_directory, write_atomic
 from .data import parse_normalize
 from .errors import InputError, WhetstoneError
 from .finetune import FinetuneOptions
+from .native_logs import stderr_is_terminal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,7 +69,8 @@ FINAL_STATUSES = frozenset({"ok", "unsupported", "failed", "accuracy_loss"})
 # The manifest's per-model options are api.convert's keyword arguments (bar
 # ``progress``); their defaults are read from its signature, their TOML types are here.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "data": (str,), "normalize": (list, str), "output": (str,), "key_width": (int,), "seed": (int,),
+    "data": (str,), "normalize": (list, str), "output": (str,), "output_name": (str,), "key_width": (int,),
+    "seed": (int,),
     "finetune": (bool, dict), "calibration_percentile": (int, float), "netlist": (bool,),
     "nir_profile": (str,), "nir_dt": (int, float), "weight_bits": (int,), "hardware": (str,),
     "max_loss": (int, float), "accept_loss": (bool,),
@@ -196,11 +198,12 @@ def _reject_duplicate_names(models: list[ZooModel], source: Path) -> None:
 
 
 def convert_defaults() -> dict:
-    """api.convert's keyword arguments that a manifest may set, with their defaults."""
+    """api.convert's keyword arguments that a manifest may set, with their defaults (not ``progress``,
+    nor ``model_dir``: a manifest's models are files, read from their own folders)."""
     from .api import convert     # api imports this module
 
     parameters = inspect.signature(convert).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != "progress"}
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in ("progress", "model_dir")}
 
 
 def normalise_options(given: dict, where: str | Path) -> dict:
@@ -552,13 +555,13 @@ class Progress:
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._bar = None
-        if enabled and sys.stderr.isatty():
+        if enabled and stderr_is_terminal():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
                 TimeRemainingColumn
             self._bar = RichProgress(TextColumn("zoo"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[state]}"), TimeRemainingColumn(),
-                                     console=Console(stderr=True))
+                                     console=Console(stderr=True, force_terminal=True))
             self._task = self._bar.add_task("zoo", total=total, state="")
             self._bar.start()
 

@@ -19,16 +19,23 @@ PASS_THROUGH_OPS = ("Identity", "Dropout")
 
 
 def remove_pass_through(model: ir.Model) -> int:
-    """Identity and (inference-mode) Dropout compute nothing: wire around them."""
+    """Identity, (inference-mode) Dropout and a Cast to the type the tensor already has (skl2onnx
+    casts its float input to float) compute nothing: wire around them."""
     graph, count = model.graph, 0
     for node in list(graph):
-        if node.op_type not in PASS_THROUGH_OPS or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") or not (node.op_type in PASS_THROUGH_OPS or _casts_to_itself(node)):
             continue
         if any(out.uses() for out in node.outputs[1:]):
             continue  # a Dropout mask is read: leave it for the unsupported-op report
         bypass(graph, node, node.inputs[0])
         count += 1
     return count
+
+
+def _casts_to_itself(node: ir.Node) -> bool:
+    to = node.attributes.get("to")
+    return node.op_type == "Cast" and to is not None and node.inputs[0].dtype is not None \
+        and int(node.inputs[0].dtype) == to.value
 
 
 def lift_constants(model: ir.Model) -> int:

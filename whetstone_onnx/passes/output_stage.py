@@ -29,7 +29,9 @@ from ..ops.decode import NHotDecode, nhot_key
 from ..ops.dense import Dense
 from ..ops.shape import Reshape
 
-OUTPUT_MODES = ("nhot", "readout")
+# "auto": both trained side by side during fine-tuning, the better validated one kept
+# (finetune.py); N-hot when there is no fine-tuning to choose with.
+OUTPUT_MODES = ("auto", "nhot", "readout")
 # The code units' thresholds are placed by quantile; this scale only sets the
 # ramp at sharpness 0, which should stay faithful.
 OUTPUT_SCALE_PERCENTILE = 99.9

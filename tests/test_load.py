@@ -1,0 +1,128 @@
+"""Loading what exporters write by default: weights in an external file next to the model
+(read from the model's folder, whatever the working directory, and never from outside
+it), and a batch dimension fixed at export time."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from conftest import graph_model, run_cli
+from onnx import helper
+
+from whetstone_onnx import api
+from whetstone_onnx.errors import InputError
+
+torch = pytest.importorskip("torch")
+
+
+def small_torch_mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
+                               torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def dynamo_export(tmp_path_factory):
+    """PyTorch 2.13's plain ``torch.onnx.export(model, (x,), path)``: the dynamo exporter, opset 18+,
+    the weights in ``m.onnx.data``, the batch fixed at 1."""
+    folder = tmp_path_factory.mktemp("dynamo")
+    torch.onnx.export(small_torch_mlp(), (torch.randn(1, 1, 8, 8),), str(folder / "m.onnx"))
+    return folder / "m.onnx"
+
+
+def test_torch_default_export_converts_from_another_working_directory(dynamo_export, tmp_path):
+    assert (dynamo_export.parent / "m.onnx.data").is_file()
+    proto = onnx.load(dynamo_export, load_external_data=False)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1      # fixed batch of 1
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    completed = run_cli("convert", str(dynamo_export), "-o", str(tmp_path / "out"), "--data", "digits",
+                        "--no-finetune", "--accept-loss", cwd=elsewhere)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["passed"] and report["equivalence"]["float"]["relative_diff"] < 1e-4
+    # the graphs written take any batch
+    spiking = onnx.load(tmp_path / "out" / "spiking.onnx")
+    assert spiking.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert run_cli("inspect", str(dynamo_export), cwd=elsewhere).returncode == 0
+
+
+def test_a_fixed_batch_larger_than_one_converts(tmp_path):
+    """The legacy exporter without dynamic_axes fixes the batch of the example input."""
+    torch.onnx.export(small_torch_mlp(), (torch.randn(4, 1, 8, 8),), str(tmp_path / "m4.onnx"), dynamo=False)
+    result = api.convert(tmp_path / "m4.onnx", data="digits", finetune=False, netlist=False, accept_loss=True)
+    assert result.report["passed"]
+    assert result.accuracy["float"] == result.accuracy["original"]     # 360 test images: 90 full batches of 4
+
+
+def external_model(folder, location: str) -> onnx.ModelProto:
+    """A one-MatMul model whose weight names ``location`` as its external file."""
+    model = graph_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                        {"w": np.ones((4, 2), np.float32)}, (4,), (2,))
+    onnx.save(model, folder / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    model = onnx.load(folder / "m.onnx", load_external_data=False)
+    model.graph.initializer[0].external_data[0].value = location
+    onnx.save(model, folder / "m.onnx")
+    return model
+
+
+@pytest.mark.parametrize("location, message", [
+    ("../secret.bin", "which is not a file inside the model's folder; refused"),
+    ("/etc/passwd", "which is not a file inside the model's folder; refused"),
+    ("link.bin", "a link leading out of the model's folder; refused"),
+    ("only_in_cwd.bin", "not found in"),
+])
+def test_external_data_outside_the_model_folder_is_refused_and_nothing_is_read(tmp_path, location, message):
+    folder, cwd = tmp_path / "model", tmp_path / "cwd"
+    folder.mkdir()
+    cwd.mkdir()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    (cwd / "only_in_cwd.bin").write_bytes(secret.read_bytes())
+    os.symlink(secret, folder / "link.bin")
+    external_model(folder, location)
+    completed = run_cli("convert", str(folder / "m.onnx"), "-o", str(tmp_path / "out"), cwd=cwd)
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(folder / "m.onnx") in lines[0] and message in lines[0], lines
+    assert "tensor 'w' is stored in external file" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_in_memory_reads_its_external_data_from_the_folder_given(tmp_path):
+    model = external_model(tmp_path, "m.onnx.data")
+    with pytest.raises(InputError, match="give the model as a path, or the folder that holds that file"):
+        api.inspect(model)
+    assert api.inspect(model, model_dir=tmp_path).layers
+    assert api.inspect(model.SerializeToString(), model_dir=tmp_path).layers
+    assert model.graph.initializer[0].external_data        # the caller's ModelProto is not modified
+
+
+@pytest.fixture(scope="module")
+def sklearn_mlp():
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype(np.float32)
+    return MLPClassifier(hidden_layer_sizes=(32,), max_iter=60, random_state=0).fit(x, y), x[:1]
+
+
+def test_skl2onnx_classifier_graph_converts_and_zipmap_is_explained(sklearn_mlp, tmp_path):
+    """skl2onnx's usual graph: a Cast of the float input to float, a label output from an ArgMax
+    branch beside the probabilities; by default the probabilities go through a ZipMap."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    clf, sample = sklearn_mlp
+    onnx.save(skl2onnx.to_onnx(clf, sample), tmp_path / "zipmap.onnx")
+    completed = run_cli("convert", str(tmp_path / "zipmap.onnx"), "-o", str(tmp_path / "out"))
+    assert completed.returncode == 2 and "options={'zipmap': False}" in completed.stderr
+    onnx.save(skl2onnx.to_onnx(clf, sample, options={"zipmap": False}), tmp_path / "m.onnx")
+    result = api.convert(tmp_path / "m.onnx", data="digits", finetune=False, netlist=False, accept_loss=True)
+    assert result.report["model"]["output"]["name"] == "probabilities" and result.report["passed"]
+    assert result.accuracy["float"] == result.accuracy["original"] > 0.9
+    with pytest.raises(InputError, match="output 'label' is not a float tensor of class scores"):
+        api.inspect(tmp_path / "m.onnx", output_name="label")
+    with pytest.raises(InputError, match=r"no output named 'nope' \(the outputs are 'label', 'probabilities'\)"):
+        api.inspect(tmp_path / "m.onnx", output_name="nope")
