@@ -85,7 +85,7 @@ def test_zoo_summary_validates_for_every_status(tmp_path):
         data = "digits"
         accept_loss = false
         [[model]]
-        path = "{MODELS.as_posix()}/digits_tanh.onnx"
+        path = "{MODELS.as_posix()}/digits_lstm.onnx"
         [[model]]
         path = "{MODELS.as_posix()}/corrupt.onnx"
         [[model]]

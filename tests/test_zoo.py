@@ -21,7 +21,7 @@ from whetstone_onnx.errors import InputError
 SAMPLE_ZOO = MODELS / "zoo.toml"
 EXPECTED_STATUS = {"digits_dense": "ok", "digits_conv": "ok", "torchstyle_digits_conv": "ok", "mnist_conv": "ok",
                    "mnist_dense": "ok", "torchstyle_mnist_conv": "ok", "digits_dense_strict": "accuracy_loss",
-                   "digits_tanh": "unsupported", "corrupt": "failed"}
+                   "digits_lstm": "unsupported", "corrupt": "failed"}
 
 
 def zoo_command(*args: str) -> list[str]:
@@ -74,7 +74,7 @@ def test_sample_zoo_reports_every_status(sample_run):
                                  "crashed": 0, "cancelled": 0}
     records = {record["name"]: record for record in summary["models"]}
     assert records["corrupt"]["error"].startswith("corrupt.onnx: not a readable ONNX model")
-    assert records["digits_tanh"]["error"] == "digits_tanh.onnx: unsupported ops: Tanh ('/act/Tanh')"
+    assert records["digits_lstm"]["error"] == "digits_lstm.onnx: unsupported ops: LSTM ('/lstm/LSTM')"
     assert re.fullmatch(r"digits_dense.onnx: the spiking network loses \d+\.\d\d points of accuracy, more than "
                         r"the 2 allowed", records["digits_dense_strict"]["error"])
     for record in records.values():
@@ -193,7 +193,7 @@ def test_resume_redoes_a_model_whose_options_changed(tmp_path):
         path = "MODELS/mnist_dense.onnx"
         seed = SEED
         [[model]]
-        path = "MODELS/digits_tanh.onnx"
+        path = "MODELS/digits_lstm.onnx"
     """
     out = tmp_path / "out"
     api.convert_zoo(write_manifest(tmp_path, text.replace("SEED", "0")), out)
@@ -201,7 +201,7 @@ def test_resume_redoes_a_model_whose_options_changed(tmp_path):
     assert stored["options"]["seed"] == 0 and stored["version"] == api.zoo.__version__
     result = api.convert_zoo(write_manifest(tmp_path, text.replace("SEED", "1")), out, resume=True)
     assert [(record["name"], record["resumed"]) for record in result.models] == [("mnist_dense", False),
-                                                                                 ("digits_tanh", True)]
+                                                                                 ("digits_lstm", True)]
     assert json.loads((out / "mnist_dense" / "report.json").read_text())["options"]["seed"] == 1
 
 
@@ -283,10 +283,10 @@ def test_cli_exits_2_with_one_line_on_bad_input(tmp_path):
 
 @pytest.mark.slow
 def test_verbosity_flags_go_before_or_after_the_command(tmp_path):
-    manifest = write_manifest(tmp_path, "[[model]]\npath = 'MODELS/digits_tanh.onnx'")
+    manifest = write_manifest(tmp_path, "[[model]]\npath = 'MODELS/digits_lstm.onnx'")
     quiet = subprocess.run([sys.executable, "-m", "whetstone_onnx.cli", "--quiet", "zoo", str(manifest), "-o",
                             str(tmp_path / "a")], capture_output=True, text=True)
     assert quiet.returncode == 1 and quiet.stderr.startswith("whetstone-onnx: error: 1 of 1")
     verbose = run_zoo(str(manifest), "-o", str(tmp_path / "b"), "--verbose")
-    assert "digits_tanh: converting" in verbose.stderr and "zoo: [1/1]" in verbose.stderr
+    assert "digits_lstm: converting" in verbose.stderr and "zoo: [1/1]" in verbose.stderr
     assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "a"))

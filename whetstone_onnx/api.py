@@ -29,7 +29,7 @@ from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
 from .ops.decode import NHotDecode
 from .ops.dense import Dense
-from .passes.activations import activations_before_pooling, replace_activations
+from .passes.activations import activations_before_pooling, approximated_activations, replace_activations
 from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
 from .passes.output_stage import OUTPUT_MODES, conv_head_to_dense, make_output_stage
 from .passes.output import REMOVED_NORMALISER
@@ -56,6 +56,7 @@ class InspectResult:
     ops: dict[str, dict]                          # (domain.)op type -> {"count", "supported"}
     unsupported: list[tuple[str, str]]            # (op type, node name)
     layers: list[dict] = field(default_factory=list)   # planned network, when supported
+    approximated: list[dict] = field(default_factory=list)   # planned units that approximate their activation
     problem: str | None = None                    # why the plan failed, when it did
 
     @property
@@ -71,7 +72,7 @@ class InspectResult:
     def to_dict(self) -> dict:
         return {"model": self.source, "opset": self.opset, "supported": self.supported, "ops": self.ops,
                 "unsupported": [{"op_type": t, "node": n} for t, n in self.unsupported],
-                "problem": self.problem, "layers": self.layers}
+                "problem": self.problem, "layers": self.layers, "approximated_activations": self.approximated}
 
 
 def inspect(model: ModelInput, *, model_dir: str | Path | None = None, output_name: str | None = None
@@ -95,6 +96,7 @@ def inspect(model: ModelInput, *, model_dir: str | Path | None = None, output_na
         result.problem = exc.message
         return result
     result.layers = _layer_table(network)
+    result.approximated = approximated_activations(network)
     return result
 
 
@@ -194,6 +196,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             "activations_before_pooling": activations_before_pooling(sharpenable),
             "replace_activations": replace_activations(sharpenable),
         }
+        approximated = approximated_activations(sharpenable)
         calibrated = calibrate_scales(sharpenable, calibration, calibration_percentile)
         # "auto": fine-tuning trains an N-hot code and a readout side by side and keeps the one
         # that validates better. With nothing to validate on, the N-hot code, unless the model
@@ -269,7 +272,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         "output_opset": {"ai.onnx": PINNED_OPSET, DOMAIN: DOMAIN_VERSION, "ir_version": PINNED_IR_VERSION},
         "options": {"data": dataset.spec if dataset else None, "normalize": list(normalize) if normalize else None,
                     "output": output, "key_width": key_width, "seed": seed},
-        "passes": {"onnx": onnx_counts, "network": network_counts},
+        "passes": {"onnx": onnx_counts, "network": network_counts, "approximated_activations": approximated},
         "layers": _layer_table(spiking),
         "calibration": {"source": "data" if dataset else "random", "samples": len(calibration),
                         "percentile": calibration_percentile},

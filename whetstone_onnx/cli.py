@@ -218,6 +218,8 @@ def _inspect(args) -> int:
             print("planned layers:")
             for row in result.layers:
                 role = f"  [{row['role']}]" if "role" in row else ""
+                if "approximated" in row:
+                    role += f"  approximates {row['replaces']}"
                 print(f"  {row['name']:<28} {row['kind']:<12} {row['input_shape']} -> {row['output_shape']}{role}")
     if not result.supported:
         raise UnsupportedModelError(result.error())

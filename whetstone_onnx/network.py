@@ -117,6 +117,17 @@ class LinearLayer(Layer):
         """Compose the layer with x -> x * scale (a uniform input scale)."""
         self.weight = (self.weight.astype(np.float64) * scale).astype(np.float32)
 
+    def absorbs_uniform_shift(self) -> bool:
+        """Whether adding one constant to every input adds one constant per output channel."""
+        return True
+
+    def absorb_input_affine(self, scale: float, shift: float) -> None:
+        """Compose the layer with x -> x * scale + shift (uniform): W (s x + t) + b = s W x + (b + t W 1)."""
+        assert shift == 0.0 or self.absorbs_uniform_shift(), f"'{self.name}' cannot absorb a shift of its inputs"
+        offset = shift * self.weight.astype(np.float64).reshape(self.out_channels, -1).sum(axis=1)
+        self.scale_inputs(scale)
+        self.bias = (self.bias_or_zero().astype(np.float64) + offset).astype(np.float32)
+
     def fold_input_affine(self, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
         """Compose the layer with x -> x * scale + shift (per-sample arrays of its input's shape).
 

@@ -5,6 +5,7 @@ The CLI's table, the tests and the benchmarks all read these fields.
 from __future__ import annotations
 
 import platform
+from collections import Counter
 from importlib import metadata
 
 SCHEMA = "whetstone_onnx.report"
@@ -12,7 +13,8 @@ SCHEMA = "whetstone_onnx.report"
 # 1.2: accuracy_guard; finetune.validation (the epoch kept); history rows' validation_accuracy.
 # 1.3: output_stage (requested, written, chosen on validation); options.output may be "auto";
 #      finetune.validation.output (each output stage's best validated accuracy).
-SCHEMA_VERSION = "1.3"
+# 1.4: passes.approximated_activations (the units that only approximate their activation).
+SCHEMA_VERSION = "1.4"
 # Points of accuracy the spiking network may lose against the original before convert
 # fails (exit 1) unless the loss is accepted.
 DEFAULT_MAX_LOSS = 2.0
@@ -84,6 +86,13 @@ def accuracy_table(report: dict) -> str:
     ties = sum(layer["ties"] for layer in spikes["layers"])
     near = sum(layer["near_threshold"] for layer in spikes["layers"])
     lines.append("")
+    approximated = report["passes"].get("approximated_activations")
+    if approximated:
+        kinds = ", ".join(f"{n} {op}" for op, n in Counter(entry["op_type"] for entry in approximated).items())
+        agreement = 100 * equivalence["sharpenable"]["class_agreement"]
+        then = "fine-tuning trained on from there" if finetune["performed"] else "fine-tuning can win back the rest"
+        lines.append(f"approximated activations: {kinds} (at sharpness 0 the network predicts the original's class "
+                     f"on {agreement:.1f} % of inputs; {then})")
     verdict = "agree" if spikes["passed"] else "DISAGREE"
     lines.append(f"spikes vs NumPy reference on {spikes['samples']} inputs: {verdict} "
                  f"({spikes['unexplained']} unexplained mismatches, {ties} threshold ties, "

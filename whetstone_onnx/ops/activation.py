@@ -3,6 +3,10 @@ and the binary Spike they become at sharpness 1.
 
   Relu, Clip(0, k), HardSigmoid  ->  BoundedRelu   (fires when input >= 0.5)
   Sigmoid                        ->  SharpSigmoid  (fires when input >= 0)
+  Tanh                           ->  SharpSigmoid, exactly where the next linear layer
+                                     takes tanh = 2 sigmoid(2x) - 1's affine (else as below)
+  LeakyRelu, PRelu, Elu, Selu,   ->  BoundedRelu, approximated: at sharpness 0 it is
+  Softplus, HardSwish, Mish          a ReLU scaled from data, as Relu is
 
 The project's own BoundedRelu / SharpSigmoid nodes lift as they are, and so do the
 chains Keras' ONNX export writes for the ``whetstone_onnx.keras`` layers (their
@@ -16,6 +20,7 @@ import numpy as np
 
 import onnx_ir as ir
 
+from ..errors import UnsupportedModelError
 from ..network import Layer, OnnxBuilder
 from ..passes.graph import data_input, follow_chain, scalar_operand
 from ..spiking_onnx import (BRELU_THRESHOLD, DOMAIN, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN,
@@ -23,30 +28,57 @@ from ..spiking_onnx import (BRELU_THRESHOLD, DOMAIN, SHARPNESS_EPSILON, SIGMOID_
 from .registry import LiftContext, Recognised, lifts, recognises
 
 
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _elu(x, alpha):
+    return np.where(x < 0, alpha * np.expm1(np.minimum(x, 0.0)), x)
+
+
+# The float functions as ONNX defines them (float64 references), by op type; keyword
+# arguments are the op's attributes, as ``Activation.params`` holds them.
+FLOAT_FUNCTIONS = {
+    "Relu": lambda x: np.maximum(x, 0.0),
+    "Clip": lambda x, min, max: np.clip(x, min, max),
+    "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "HardSigmoid": lambda x, alpha, beta: np.clip(alpha * x + beta, 0.0, 1.0),
+    "Tanh": np.tanh,
+    "LeakyRelu": lambda x, alpha: np.where(x < 0, alpha * x, x),
+    "Elu": _elu,
+    "Selu": lambda x, alpha, gamma: gamma * _elu(x, alpha),
+    "Softplus": _softplus,
+    "HardSwish": lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+    "Mish": lambda x: x * np.tanh(_softplus(x)),
+}
+# ONNX's default attributes (Selu's are float32 roundings of the paper's constants).
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+
+
 @dataclass(eq=False)
 class Activation(Layer):
     """A float activation as the source model has it."""
 
     name: str
-    op_type: str                                   # Relu, Clip, Sigmoid or HardSigmoid
-    params: dict[str, float] = field(default_factory=dict)   # Clip: min, max; HardSigmoid: alpha, beta
+    op_type: str                                   # a key of FLOAT_FUNCTIONS, or PRelu
+    params: dict[str, float] = field(default_factory=dict)   # the op's attributes (Clip: its min and max inputs)
+    slope: np.ndarray | None = None                # PRelu: its slope input, float32, broadcast as ONNX does
 
     kind = "activation"
 
     def forward(self, x):
-        if self.op_type == "Relu":
-            return np.maximum(x, 0.0)
-        if self.op_type == "Clip":
-            return np.clip(x, self.params["min"], self.params["max"])
-        if self.op_type == "Sigmoid":
-            return 1.0 / (1.0 + np.exp(-x))
-        return np.clip(self.params["alpha"] * x + self.params["beta"], 0.0, 1.0)
+        if self.op_type == "PRelu":
+            return np.where(x < 0, x * self.slope.astype(np.float64), x)
+        return FLOAT_FUNCTIONS[self.op_type](x, **self.params)
 
     def emit(self, builder: OnnxBuilder, x: str) -> str:
         if self.op_type == "Clip":
             low = builder.constant(f"{self.name}.min", np.array(self.params["min"]))
             high = builder.constant(f"{self.name}.max", np.array(self.params["max"]))
             return builder.node("Clip", [x, low, high], self.name, name=self.name)
+        if self.op_type == "PRelu":
+            slope = builder.constant(f"{self.name}.slope", self.slope)
+            return builder.node("PRelu", [x, slope], self.name, name=self.name)
         return builder.node(self.op_type, [x], self.name, name=self.name, **self.params)
 
     def to_keras(self, builder) -> None:
@@ -58,10 +90,14 @@ class Activation(Layer):
             builder.apply(keras.layers.ReLU(max_value=self.params["max"], name=name))
         elif self.op_type == "Sigmoid":
             builder.apply(keras.layers.Activation("sigmoid", name=name))
-        else:
+        elif self.op_type == "HardSigmoid":
             builder.apply(keras.layers.Rescaling(self.params["alpha"], self.params["beta"],
                                                  name=builder.name(f"{self.name}_affine")))
             builder.apply(keras.layers.ReLU(max_value=1.0, name=name))
+        else:
+            # Fine-tuning trains the sharpenable network, where every activation is a Whetstone unit.
+            raise UnsupportedModelError(f"activation '{self.name}' ({self.op_type}) has no Keras form: only "
+                                        "sharpenable networks are built in Keras")
 
     def describe(self):
         return {**super().describe(), "op_type": self.op_type, **self.params}
@@ -75,6 +111,7 @@ class Sharpenable(Layer):
     function: str            # "bounded_relu" or "sharp_sigmoid"
     sharpness: float = 0.0
     source: str = ""         # the op it replaced, for the report
+    approximation: str = ""  # why it only approximates that op at sharpness 0; "" where it is exact
 
     kind = "sharpenable"
 
@@ -112,7 +149,8 @@ class Sharpenable(Layer):
         self.sharpness = keras_layer.get_sharpness()
 
     def describe(self):
-        return {**super().describe(), "op_type": self.op_type, "sharpness": self.sharpness, "replaces": self.source}
+        return {**super().describe(), "op_type": self.op_type, "sharpness": self.sharpness, "replaces": self.source,
+                **({"approximated": self.approximation} if self.approximation else {})}
 
 
 @dataclass(eq=False)
@@ -139,9 +177,30 @@ class Spike(Layer):
                 "threshold_max": float(self.threshold.max())}
 
 
-@lifts("Relu", "Sigmoid")
+@lifts("Relu", "Sigmoid", "Tanh", "Softplus", "HardSwish", "Mish")
 def lift_plain(node, ctx: LiftContext) -> Activation:
     return Activation(node.name, node.op_type)
+
+
+@lifts("LeakyRelu")
+def lift_leaky_relu(node, ctx: LiftContext) -> Activation:
+    return Activation(node.name, "LeakyRelu", {"alpha": ctx.float("alpha", 0.01)})
+
+
+@lifts("Elu")
+def lift_elu(node, ctx: LiftContext) -> Activation:
+    return Activation(node.name, "Elu", {"alpha": ctx.float("alpha", 1.0)})
+
+
+@lifts("Selu")
+def lift_selu(node, ctx: LiftContext) -> Activation:
+    return Activation(node.name, "Selu", {"alpha": ctx.float("alpha", SELU_ALPHA),
+                                          "gamma": ctx.float("gamma", SELU_GAMMA)})
+
+
+@lifts("PRelu")
+def lift_prelu(node, ctx: LiftContext) -> Activation:
+    return Activation(node.name, "PRelu", slope=ctx.constant(1, "slope").astype(np.float32))
 
 
 @lifts("Clip")

@@ -100,6 +100,10 @@ class Conv2d(LinearLayer):
                                           use_bias=self.bias is not None, name=builder.name(self.name)),
                       owner=self, weights=weights)
 
+    def absorbs_uniform_shift(self) -> bool:
+        # Windows that overlap the zero padding see only part of the shift.
+        return not any(self.pads)
+
     def fold_input_affine(self, scale, shift):
         offset = super().fold_input_affine(scale, shift)
         # Without zero padding every window sees the same shift per channel, so every position gets

@@ -14,13 +14,18 @@ from .spiking import check_batchnorm_folds, sink_batchnorms
 COMMUTING_LAYERS = (MaxPool2d, Reshape, Transpose)
 # Layers a uniform scale x -> k x passes through unchanged (positively homogeneous ones).
 SCALE_TRANSPARENT_LAYERS = (*COMMUTING_LAYERS, AvgPool2d)
+# Activations no Whetstone unit reproduces: a bounded ReLU stands in, scaled from data as Relu's.
+APPROXIMATED_OPS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Softplus", "HardSwish", "Mish")
+# The sources whose units calibrate_scales scales: unbounded above, about the identity for large inputs.
+CALIBRATED_SOURCES = ("Relu", *APPROXIMATED_OPS)
 
 
 def activations_before_pooling(network: Network) -> int:
     """Move each activation up against its linear layer, each batch norm down past max pooling.
 
-    relu(maxpool(x)) == maxpool(relu(x)) for any non-decreasing activation, and
-    reshapes commute with every elementwise op; after this pass each activation
+    relu(maxpool(x)) == maxpool(relu(x)) for any non-decreasing activation (HardSwish
+    and Mish are not, but become bounded ReLUs, which are), and reshapes commute with
+    every elementwise op; after this pass each activation
     directly follows the Dense / Conv whose bias becomes its threshold. A batch
     norm before max pooling moves below it when that is exact (passes/spiking.py),
     so that what training does to its scales cannot stop it from folding.
@@ -45,13 +50,18 @@ def compensate_output_scale(network: Network, index: int, factor: float) -> None
 
 
 def replace_activations(network: Network) -> int:
-    """Relu, Clip(0, k), HardSigmoid -> BoundedRelu; Sigmoid -> SharpSigmoid.
+    """Relu, Clip(0, k), HardSigmoid -> BoundedRelu; Sigmoid, Tanh -> SharpSigmoid; the
+    activations with no Whetstone form (APPROXIMATED_OPS) -> BoundedRelu, marked approximated.
 
     The preceding linear layer absorbs what makes the replacement exact at
     sharpness 0: Clip's 1/k (and the next linear layer or batch norm its k),
-    HardSigmoid's alpha and beta, Sigmoid's gain. Relu, which is unbounded, is
-    scaled by ``calibrate_scales`` from data instead. A network with a batch norm
-    that the step network could not fold is refused here, before any training.
+    HardSigmoid's alpha and beta, Sigmoid's gain; for Tanh, since tanh x =
+    2 sigmoid(2x) - 1, twice the gain, and the next linear layer the 2 y - 1
+    (where nothing in between stops it: else Tanh is approximated too). Relu, which
+    is unbounded, is scaled by ``calibrate_scales`` from data instead, and so are the
+    approximated ops but Tanh (Selu's gamma first goes into the linear layer). A
+    network with a batch norm that the step network could not fold is refused
+    here, before any training.
     """
     count = 0
     for i, layer in enumerate(network.layers):
@@ -63,7 +73,7 @@ def replace_activations(network: Network) -> int:
                                         "Dense or Conv layer, so it has no threshold to become")
         if isinstance(layer, Sharpenable):
             continue                   # already a Whetstone unit (a Whetstone Keras model's export)
-        function = "bounded_relu"
+        function, approximation = "bounded_relu", ""
         if layer.op_type == "Clip":
             bound = layer.params["max"]
             linear.scale_outputs(1.0 / bound)
@@ -73,7 +83,41 @@ def replace_activations(network: Network) -> int:
         elif layer.op_type == "Sigmoid":
             function = "sharp_sigmoid"
             linear.scale_outputs(float((1.0 + SHARPNESS_EPSILON) / SIGMOID_GAIN))
-        network.layers[i] = Sharpenable(layer.name, function, 0.0, source=layer.op_type)
+        elif layer.op_type == "Tanh":
+            following, obstacle = _output_affine_target(network, i)
+            if following is None:
+                approximation = f"a bounded ReLU stands in for it: {obstacle}"
+            else:
+                function = "sharp_sigmoid"
+                linear.scale_outputs(2.0 * float((1.0 + SHARPNESS_EPSILON) / SIGMOID_GAIN))
+                following.absorb_input_affine(2.0, -1.0)
+        elif layer.op_type in APPROXIMATED_OPS:
+            approximation = "no Whetstone form: a bounded ReLU, scaled from data as for Relu, stands in for it"
+            if layer.op_type == "Selu":
+                linear.scale_outputs(layer.params["gamma"])
+        network.layers[i] = Sharpenable(layer.name, function, 0.0, source=layer.op_type, approximation=approximation)
         count += 1
     check_batchnorm_folds(network)
     return count
+
+
+def approximated_activations(network: Network) -> list[dict]:
+    """The units that only approximate the activation they replaced, for the report."""
+    return [{"layer": layer.name, "op_type": layer.source, "reason": layer.approximation}
+            for layer in network.layers if isinstance(layer, Sharpenable) and layer.approximation]
+
+
+def _output_affine_target(network: Network, index: int) -> tuple[LinearLayer | None, str]:
+    """The Dense / Conv after ``index`` that can take an affine y -> 2 y - 1 of its output
+    into its weights and bias; else None and why not."""
+    for layer in network.layers[index + 1:]:
+        if isinstance(layer, LinearLayer):
+            if layer.absorbs_uniform_shift():
+                return layer, ""
+            return None, (f"the next layer, '{layer.name}', is a zero-padded convolution, whose border windows "
+                          "would miss part of tanh's shift")
+        if isinstance(layer, AvgPool2d) and layer.count_include_pad and any(layer.pads):
+            return None, f"'{layer.name}' averages over zero padding, which would miss part of tanh's shift"
+        if not isinstance(layer, SCALE_TRANSPARENT_LAYERS):
+            return None, f"'{layer.name}' ({layer.kind}) stands between it and the next Dense or Conv"
+    return None, "no Dense or Conv follows it to take tanh's shift"

@@ -1,4 +1,6 @@
-"""Data-driven scale calibration of unbounded (ReLU) units.
+"""Data-driven scale calibration of unbounded units: ReLU's, and the bounded ReLUs
+that stand in for LeakyRelu, Elu and the other unbounded activations
+(passes/activations.py: CALIBRATED_SOURCES).
 
 A bounded ReLU saturates at 1, a ReLU does not. Dividing a layer's weights and
 bias by a high percentile p of its positive pre-activations (and giving p back
@@ -22,7 +24,7 @@ import numpy as np
 
 from ..network import Network
 from ..ops.activation import Sharpenable
-from .activations import compensate_output_scale
+from .activations import CALIBRATED_SOURCES, compensate_output_scale
 
 DEFAULT_PERCENTILE = 95.0
 
@@ -37,7 +39,7 @@ def calibrate_scales(network: Network, samples: np.ndarray, percentile: float = 
     count = 0
     h = np.asarray(samples, np.float64)
     for i, layer in enumerate(network.layers):
-        if isinstance(layer, Sharpenable) and layer.source == "Relu":
+        if isinstance(layer, Sharpenable) and layer.source in CALIBRATED_SOURCES:
             positive = h[h > 0]
             scale = float(np.percentile(positive, percentile)) if positive.size else 0.0
             if scale > 0.0:
