@@ -83,7 +83,23 @@ def test_inspect_json_lists_ops_and_planned_spiking_layers():
     result = json.loads(completed.stdout)
     assert result["supported"] and result["opset"] == 11
     assert result["ops"]["BatchNormalization"] == {"count": 1, "supported": True}
-    assert [row["kind"] for row in result["layers"] if row.get("role") == "spiking"] == ["sharpenable"] * 3
+    # as convert builds them without data: three hidden spiking layers and the N-hot output code
+    assert [row["kind"] for row in result["layers"] if row.get("role") == "spiking"] == ["sharpenable"] * 4
+    assert result["layers"][-1]["kind"] == "nhot_decode"
+
+
+def test_inspect_refuses_what_convert_refuses_after_loading(tmp_path):
+    from conftest import graph_model
+    from onnx import helper
+    import numpy as np
+    import onnx
+    model = graph_model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                        {"w": np.ones((4, 3), np.float32)}, (4,), (3,))
+    onnx.save(model, tmp_path / "relu_last.onnx")
+    inspected, converted = (run_cli(command, str(tmp_path / "relu_last.onnx"), *extra)
+                            for command, extra in (("inspect", ()), ("convert", ("-o", str(tmp_path / "out")))))
+    assert inspected.returncode == converted.returncode == 2
+    assert "the last layer must be a Dense" in inspected.stdout + inspected.stderr
 
 
 def test_inspect_exits_2_on_unsupported_and_still_prints_the_op_table():

@@ -88,10 +88,12 @@ def inspect(model: ModelInput, *, model_dir: str | Path | None = None, output_na
     if result.unsupported:
         return result
     try:
+        # Everything convert does before training (calibrated on random inputs, the N-hot output
+        # stage it builds without data), so that what inspect accepts, convert accepts.
         network = _float_network(loaded)[0]
-        conv_head_to_dense(network)             # as convert does, so both build the same layers
-        activations_before_pooling(network)
-        replace_activations(network)
+        calibration = _inputs(None, network, None, 0)[0]
+        calibrated = _sharpenable_passes(network, calibration, DEFAULT_PERCENTILE)[1]
+        make_output_stage(network, "nhot", calibrated.outputs)
     except UnsupportedModelError as exc:
         result.problem = exc.message
         return result
@@ -191,13 +193,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         float_check = check.check_float(loaded.model, float_model, normaliser, _check_inputs(test, rng))
     with clock("sharpen"):
         sharpenable = float_network.copy()
-        network_counts = {
-            "conv_head_to_dense": conv_head_to_dense(sharpenable),
-            "activations_before_pooling": activations_before_pooling(sharpenable),
-            "replace_activations": replace_activations(sharpenable),
-        }
+        network_counts, calibrated = _sharpenable_passes(sharpenable, calibration, calibration_percentile)
         approximated = approximated_activations(sharpenable)
-        calibrated = calibrate_scales(sharpenable, calibration, calibration_percentile)
         # "auto": fine-tuning trains an N-hot code and a readout side by side and keeps the one
         # that validates better. With nothing to validate on, the N-hot code, unless the model
         # is already sharpened (a Whetstone graph, such as a readout this converter wrote).
@@ -206,11 +203,8 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
         readout = copy.deepcopy(sharpenable.layers[-1]) if choose_output else None
         sharpened = any(layer.sharpness > 0 for layer in sharpenable.layers if isinstance(layer, Sharpenable))
         stage = output if output != "auto" else "readout" if sharpened and not choose_output else "nhot"
-        network_counts.update({
-            "calibrate_scales": calibrated.scaled_layers,
-            "make_output_stage": make_output_stage(sharpenable, stage, calibrated.outputs, key_width=key_width,
-                                                   seed=seed),
-        })
+        network_counts["make_output_stage"] = make_output_stage(sharpenable, stage, calibrated.outputs,
+                                                                key_width=key_width, seed=seed)
         initial_model = to_onnx(sharpenable, graph_name="sharpenable", doc=_doc(loaded.source, loaded.sha256))
         # Per layer: 0 for a converted model; a Whetstone Keras model's export keeps the sharpness it had.
         start_sharpness = [layer.sharpness for layer in sharpenable.layers if isinstance(layer, Sharpenable)]
@@ -382,6 +376,19 @@ def _float_network(loaded: LoadedModel) -> tuple[Network, dict[str, int], str | 
     model, counts = run_onnx_passes(loaded.model)
     # (A Softmax that ends a recognised N-hot decode stays part of it.)
     return lift(model), counts, model.graph.meta.get(REMOVED_NORMALISER)
+
+
+def _sharpenable_passes(network: Network, calibration: np.ndarray, percentile: float):
+    """The network passes that make a float network sharpenable, in order, up to the output stage:
+    (rewrites per pass, the calibration's result)."""
+    counts = {
+        "conv_head_to_dense": conv_head_to_dense(network),
+        "activations_before_pooling": activations_before_pooling(network),
+        "replace_activations": replace_activations(network),
+    }
+    calibrated = calibrate_scales(network, calibration, percentile)
+    counts["calibrate_scales"] = calibrated.scaled_layers
+    return counts, calibrated
 
 
 def _inputs(dataset: Dataset | None, network: Network, normalize, seed: int):
