@@ -126,3 +126,15 @@ def test_skl2onnx_classifier_graph_converts_and_zipmap_is_explained(sklearn_mlp,
         api.inspect(tmp_path / "m.onnx", output_name="label")
     with pytest.raises(InputError, match=r"no output named 'nope' \(the outputs are 'label', 'probabilities'\)"):
         api.inspect(tmp_path / "m.onnx", output_name="nope")
+
+
+def test_an_op_newer_than_the_pinned_opset_is_named_as_unsupported(tmp_path):
+    """PyTorch 2.13 exports nn.GELU as a Gelu node (opset 20), which has no opset-18 form."""
+    graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"], name="/act/Gelu")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "gelu.onnx")
+    completed = run_cli("inspect", str(tmp_path / "gelu.onnx"))
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == (f"whetstone-onnx: error: {tmp_path / 'gelu.onnx'}: unsupported ops: "
+                                        "Gelu ('/act/Gelu') (no opset-18 form to convert them to)")

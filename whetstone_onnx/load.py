@@ -15,7 +15,7 @@ import onnx.version_converter
 from onnx import external_data_helper
 from google.protobuf.message import DecodeError
 
-from .errors import InputError
+from .errors import InputError, UnsupportedModelError
 
 PINNED_OPSET = 18
 # IR version 8 is what onnx 1.13 wrote for opset 18: old enough for every
@@ -79,6 +79,11 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
         try:
             proto = onnx.version_converter.convert_version(proto, PINNED_OPSET)
         except Exception as exc:  # the converter raises bare RuntimeErrors/ValueErrors
+            newer = _ops_newer_than_pinned(proto)
+            if newer:
+                raise UnsupportedModelError(
+                    f"{source}: unsupported ops: " + ", ".join(f"{op} ('{name}')" for op, name in newer)
+                    + f" (no opset-{PINNED_OPSET} form to convert them to)") from None
             raise InputError(f"{source}: cannot convert opset {original_opset} to {PINNED_OPSET} "
                              f"({_first_line(exc)})") from None
     proto.ir_version = PINNED_IR_VERSION
@@ -188,6 +193,18 @@ def _tensors(proto: onnx.ModelProto):
     yield from of_graph(proto.graph)
     for function in proto.functions:
         yield from of_nodes(function.node)
+
+
+def _ops_newer_than_pinned(proto: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(op type, node name) of the standard ops that did not exist yet at PINNED_OPSET (e.g. Gelu, opset 20)."""
+    newer = []
+    for node in proto.graph.node:
+        if node.domain in ("", "ai.onnx"):
+            try:
+                onnx.defs.get_schema(node.op_type, PINNED_OPSET, "")
+            except onnx.defs.SchemaError:
+                newer.append((node.op_type, node.name))
+    return newer
 
 
 def default_opset(proto: onnx.ModelProto) -> int | None:
