@@ -220,7 +220,7 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
             tuned = run_finetune(sharpenable, train, dataset.y_train, test, dataset.y_test, finetune_options,
                                  progress=progress, teacher=runtime.batch_function(float_model)
                                  if finetune_options.distillation else None,
-                                 readout=readout if isinstance(sharpenable.layers[-1], NHotDecode) else None)
+                                 readout=readout)
         trained = tuned.network
         finetune_report.update(performed=True, options=asdict(tuned.options),
                                reached_full_sharpness=tuned.reached_full_sharpness, validation=tuned.validation,

@@ -18,7 +18,6 @@ def run(model: onnx.ModelProto, x: np.ndarray, *, batch: int = 1024) -> dict[str
     """Every graph output of ``model`` on ``x``, by name, batch by batch (in batches of the
     model's own size when its input fixes one, as exporters do by default)."""
     sess = session(model)
-    input_name = sess.get_inputs()[0].name
     names = [o.name for o in sess.get_outputs()]
     run_batch = _batch_function(sess, names)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
