@@ -241,4 +241,6 @@ def test_a_1x1_convolution_head_over_a_1x1_map_becomes_the_dense_output_stage(rn
     assert conv_head_to_dense(network) == 0
     result = api.convert(model, output="readout", finetune=False, netlist=False)
     assert result.report["passes"]["network"]["conv_head_to_dense"] == 1 and result.passed
-    assert [row["kind"] for row in api.inspect(model).layers][-2:] == ["reshape", "dense"]
+    # inspect shows the head as a Dense, followed by the N-hot output stage built on it.
+    assert [row["kind"] for row in api.inspect(model).layers][-4:] == ["reshape", "dense", "sharpenable",
+                                                                      "nhot_decode"]
