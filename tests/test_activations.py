@@ -185,3 +185,106 @@ def test_pytorch_mlp_with_tanh_leaky_relu_and_elu_converts(tmp_path):
     functions = {layer.source: layer.function for layer in result.sharpenable_network.layers
                  if isinstance(layer, Sharpenable)}
     assert functions == {"Tanh": "sharp_sigmoid", "LeakyRelu": "bounded_relu", "Elu": "bounded_relu"}
+
+
+def formula_model(rng, formula, hidden: int = 16):
+    """64 inputs -> Gemm -> an activation written out as elementwise nodes -> Gemm -> 10 classes.
+    ``formula(h, const)`` returns the nodes reading value "h" and writing value "a";
+    ``const(value)`` names a scalar initializer."""
+    inits = {"W1": (0.5 * rng.normal(size=(hidden, 64))).astype(np.float32),
+             "B1": rng.normal(size=hidden).astype(np.float32),
+             "W2": rng.normal(size=(10, hidden)).astype(np.float32), "B2": rng.normal(size=10).astype(np.float32)}
+
+    def const(value: float) -> str:
+        name = f"c{len(inits)}"
+        inits[name] = np.array(value, np.float32)
+        return name
+
+    body = formula("h", const)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], name="fc1", transB=1), *body,
+             helper.make_node("Gemm", ["a", "W2", "B2"], ["y"], name="fc2", transB=1)]
+    return graph_model(nodes, inits, [64], [10], opset=18)
+
+
+def node(op_type, inputs, output, name=None):
+    return helper.make_node(op_type, inputs, [output], name=name or f"/act/{op_type}_{output}")
+
+
+# How exporters spell the activations opset 18 has no op for (and two that it has).
+FORMULAS = {
+    # PyTorch's TorchScript exporter: x * 0.5 * (1 + erf(x / sqrt 2)), as Div, Erf, Add, Mul, Mul
+    "Gelu": lambda h, c: [node("Div", [h, c(np.sqrt(2.0))], "d"), node("Erf", ["d"], "e"),
+                          node("Add", ["e", c(1.0)], "p"), node("Mul", [h, "p"], "m"),
+                          node("Mul", ["m", c(0.5)], "a")],
+    # tf2onnx: multiplies by 1/sqrt 2 and takes the half first
+    "Gelu_tf": lambda h, c: [node("Mul", [h, c(1 / np.sqrt(2.0))], "d"), node("Erf", ["d"], "e"),
+                             node("Add", [c(1.0), "e"], "p"), node("Mul", [c(0.5), h], "half"),
+                             node("Mul", ["half", "p"], "a")],
+    "GeluTanh": lambda h, c: [node("Pow", [h, c(3.0)], "cube"), node("Mul", [c(0.044715), "cube"], "k3"),
+                              node("Add", [h, "k3"], "s"), node("Mul", ["s", c(np.sqrt(2 / np.pi))], "i"),
+                              node("Tanh", ["i"], "t"), node("Add", ["t", c(1.0)], "p"),
+                              node("Mul", [h, c(0.5)], "half"), node("Mul", ["half", "p"], "a")],
+    "Silu": lambda h, c: [node("Sigmoid", [h], "s"), node("Mul", [h, "s"], "a")],
+    "Mish": lambda h, c: [node("Softplus", [h], "sp"), node("Tanh", ["sp"], "t"), node("Mul", [h, "t"], "a")],
+    "Sigmoid": lambda h, c: [node("Neg", [h], "n"), node("Exp", ["n"], "e"), node("Add", ["e", c(1.0)], "d"),
+                             node("Reciprocal", ["d"], "a")],
+}
+
+
+@pytest.mark.parametrize("spelling", FORMULAS)
+def test_an_activation_written_as_a_formula_is_recognised_by_what_it_computes(rng, spelling):
+    model = formula_model(rng, FORMULAS[spelling])
+    op_type = spelling.split("_")[0]
+    network = float_network(model)
+    assert [layer.kind for layer in network.layers] == ["dense", "activation", "dense"]
+    assert network.layers[1].op_type == op_type and network.layers[1].name == "/act"
+    x = rng.normal(size=(64, 64)).astype(np.float32)
+    assert relative_difference(runtime.predict(model, x), network.forward(x)) <= 1e-5
+    result = api.convert(model, finetune=False, netlist=False)
+    assert result.report["equivalence"]["float"]["relative_diff"] <= FLOAT_TOLERANCE and result.passed
+    assert result.report["passes"]["onnx"]["recognise_pointwise_activations"] == 1
+    approximated = [entry["op_type"] for entry in result.report["passes"]["approximated_activations"]]
+    assert approximated == ([] if op_type == "Sigmoid" else [op_type])
+    assert api.inspect(model).approximated == result.report["passes"]["approximated_activations"]
+
+
+def test_a_scaled_gelu_keeps_its_scale_and_a_clip_at_100_is_no_relu(rng):
+    """The largest part of a chain that computes a known activation is recognised, not more
+    (2 gelu(x): the Mul by 2 folds into the next layer); functions that agree with one only
+    on part of the line are not (min(max(x, 0), 100) differs from Relu above 100)."""
+    def scaled_gelu(h, c):
+        *gelu, last = FORMULAS["Gelu"](h, c)
+        return [*gelu, node("Mul", ["m", c(0.5)], "g"), node("Mul", ["g", c(2.0)], "a")]
+
+    model = formula_model(rng, scaled_gelu)
+    network = float_network(model)
+    assert [layer.kind for layer in network.layers] == ["dense", "activation", "dense"]
+    x = rng.normal(size=(64, 64)).astype(np.float32)
+    assert relative_difference(runtime.predict(model, x), network.forward(x)) <= 1e-5
+    clipped = formula_model(rng, lambda h, c: [node("Max", [h, c(0.0)], "r"), node("Min", ["r", c(100.0)], "a")])
+    assert api.inspect(clipped).unsupported == [("Min", "/act/Min_a")]     # Max(x, 0) alone is a Relu
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pytorch_gelu_gelu_tanh_and_silu_convert_from_either_exporter(tmp_path, dynamo):
+    """The dynamo exporter writes nn.GELU as a Gelu node (opset 20), which loading writes
+    out in opset-18 ops; the TorchScript one writes the formulas; both write SiLU as x sigmoid(x)."""
+    torch = pytest.importorskip("torch")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.GELU(), torch.nn.Linear(32, 24),
+                                torch.nn.GELU(approximate="tanh"), torch.nn.Linear(24, 16), torch.nn.SiLU(),
+                                torch.nn.Linear(16, 10)).eval()
+    path = tmp_path / "mlp.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 64),), str(path), dynamo=dynamo)
+    x = np.random.default_rng(0).normal(size=(32, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    network = float_network(path)
+    assert relative_difference(expected, network.forward(x)) <= 1e-5
+    result = api.convert(path, finetune=False, netlist=False)
+    assert result.passed and result.report["equivalence"]["float"]["relative_diff"] <= FLOAT_TOLERANCE
+    assert [entry["op_type"] for entry in result.report["passes"]["approximated_activations"]] == [
+        "Gelu", "GeluTanh", "Silu"]

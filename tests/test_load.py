@@ -110,14 +110,19 @@ def sklearn_mlp():
     return MLPClassifier(hidden_layer_sizes=(32,), max_iter=60, random_state=0).fit(x, y), x[:1]
 
 
-def test_skl2onnx_classifier_graph_converts_and_zipmap_is_explained(sklearn_mlp, tmp_path):
+def test_skl2onnx_classifier_graph_converts_with_or_without_zipmap(sklearn_mlp, tmp_path):
     """skl2onnx's usual graph: a Cast of the float input to float, a label output from an ArgMax
-    branch beside the probabilities; by default the probabilities go through a ZipMap."""
+    branch beside the probabilities; by default the probabilities go through a ZipMap, whose
+    input tensor is then the class-score output."""
     skl2onnx = pytest.importorskip("skl2onnx")
     clf, sample = sklearn_mlp
     onnx.save(skl2onnx.to_onnx(clf, sample), tmp_path / "zipmap.onnx")
-    completed = run_cli("convert", str(tmp_path / "zipmap.onnx"), "-o", str(tmp_path / "out"))
-    assert completed.returncode == 2 and "options={'zipmap': False}" in completed.stderr
+    completed = run_cli("convert", str(tmp_path / "zipmap.onnx"), "-o", str(tmp_path / "out"), "--data", "digits",
+                        "--no-finetune", "--accept-loss", "--no-netlist")
+    assert completed.returncode == 0, completed.stderr
+    zipmap_report = json.loads((tmp_path / "out" / "report.json").read_text())
+    zipmap = next(node for node in onnx.load(tmp_path / "zipmap.onnx").graph.node if node.op_type == "ZipMap")
+    assert zipmap_report["passed"] and zipmap_report["model"]["output"]["name"] == zipmap.input[0]
     onnx.save(skl2onnx.to_onnx(clf, sample, options={"zipmap": False}), tmp_path / "m.onnx")
     result = api.convert(tmp_path / "m.onnx", data="digits", finetune=False, netlist=False, accept_loss=True)
     assert result.report["model"]["output"]["name"] == "probabilities" and result.report["passed"]
@@ -129,12 +134,26 @@ def test_skl2onnx_classifier_graph_converts_and_zipmap_is_explained(sklearn_mlp,
 
 
 def test_an_op_newer_than_the_pinned_opset_is_named_as_unsupported(tmp_path):
-    """PyTorch 2.13 exports nn.GELU as a Gelu node (opset 20), which has no opset-18 form."""
-    graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"], name="/act/Gelu")], "g",
+    """RMSNormalization (opset 23) has no opset-18 form (Gelu, opset 20, has: see test_activations)."""
+    graph = helper.make_graph([helper.make_node("RMSNormalization", ["x", "scale"], ["y"], name="/norm/RMS")], "g",
                               [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "gelu.onnx")
-    completed = run_cli("inspect", str(tmp_path / "gelu.onnx"))
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+                              initializer=[onnx.numpy_helper.from_array(np.ones(4, np.float32), "scale")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), tmp_path / "rms.onnx")
+    completed = run_cli("inspect", str(tmp_path / "rms.onnx"))
     assert completed.returncode == 2
-    assert completed.stderr.strip() == (f"whetstone-onnx: error: {tmp_path / 'gelu.onnx'}: unsupported ops: "
-                                        "Gelu ('/act/Gelu') (no opset-18 form to convert them to)")
+    assert completed.stderr.strip() == (f"whetstone-onnx: error: {tmp_path / 'rms.onnx'}: unsupported ops: "
+                                        "RMSNormalization ('/norm/RMS') (no opset-18 form to convert them to)")
+
+
+def test_pytorch_unflatten_before_a_convolution_converts(tmp_path):
+    """nn.Unflatten exports as a Reshape whose shape is computed with Shape, Slice, Mod and Add:
+    once folded, its output shape is known and it lifts as a reshape."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(144, 10)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 64),), str(tmp_path / "m.onnx"), dynamo=False, input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}})
+    assert [row["kind"] for row in api.inspect(tmp_path / "m.onnx").layers][:2] == ["reshape", "conv2d"]
+    result = api.convert(tmp_path / "m.onnx", data="digits", finetune=False, netlist=False, accept_loss=True)
+    assert result.passed and result.report["equivalence"]["float"]["relative_diff"] < 1e-4

@@ -40,3 +40,43 @@ def test_snntorch_reproduces_the_output_spikes_of_the_dense_mnist_model(tmp_path
     key = layers[-1].key
     decoded_snntorch = ((2 * spikes - 1) @ (2 * key - 1).T).argmax(1)
     assert np.mean(decoded_snntorch == decoded_onnx) >= 0.999
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_depthwise_separable_net_converts_through_every_representation_and_snntorch(tmp_path):
+    """MobileNet's block (a depthwise 3x3 convolution, groups = channels, then a pointwise 1x1)
+    and a grouped convolution: the spiking ONNX graph, the NumPy reference, NIR, the explicit
+    netlist and the simulator agree, and snnTorch reproduces the spikes. NIR 1.0's Conv2d
+    ignores its groups when it infers types, so model.nir holds the equal ungrouped kernels."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 2, groups=4), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 3 * 3, 10)).eval()
+    path = tmp_path / "dwsep.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}})
+    out = tmp_path / "out"
+    result = api.convert(path, out, data="digits", finetune=False, accept_loss=True, output="readout")
+    equivalence = result.report["equivalence"]
+    assert result.passed and equivalence["nir"]["passed"] and equivalence["netlist"]["passed"]
+    convs = [layer for layer in result.spiking_network.layers if layer.kind == "conv2d"]
+    assert [conv.group for conv in convs] == [1, 8, 1, 4]
+
+    graph = nir.read(out / "model.nir")
+    kernels = [node.weight for node in graph.nodes.values() if isinstance(node, nir.Conv2d)]
+    assert [kernel.shape[:2] for kernel in kernels] == [(8, 1), (8, 8), (16, 8), (16, 16)]
+    np.testing.assert_array_equal(kernels[1][:, :, 1, 1] != 0, np.eye(8, dtype=bool) & (kernels[1][:, :, 1, 1] != 0))
+    assert not np.any(kernels[3][:4, 4:]) and not np.any(kernels[3][4:8, :4])
+
+    network = import_nir.import_from_nir(graph)
+    x = fit_to_input(load_dataset("digits").x_test, result.spiking_network.input_shape, None, spec="digits")
+    # snnTorch runs NIR's per-sample shapes unbatched (its Flatten starts at axis 0): one sample per call.
+    with torch.no_grad():
+        output = torch.stack([network(torch.tensor(sample))[0] for sample in x])
+    # The written readout: the same scores as spiking.onnx's (float rounding aside).
+    expected = runtime.predict(result.spiking_model, x)
+    np.testing.assert_allclose(output.numpy().reshape(expected.shape), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
+import numpy as np
 import onnx
 import onnx.version_converter
 from onnx import external_data_helper
@@ -75,6 +76,7 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
                          f"(found {len(_data_inputs(proto))})")
     _keep_one_output(proto, output_name, source)
     original_ir = proto.ir_version
+    _expand_gelu(proto)
     if original_opset != PINNED_OPSET:
         try:
             proto = onnx.version_converter.convert_version(proto, PINNED_OPSET)
@@ -100,27 +102,28 @@ FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
 
 def _keep_one_output(proto: onnx.ModelProto, output_name: str | None, source: str) -> None:
     """Keep the class-score output (``output_name``, or the only float tensor output of rank >= 2
-    among several) and remove the nodes and weights only the others needed (label branches)."""
+    among several) and remove the nodes and weights only the others needed (label branches).
+    Class probabilities that skl2onnx puts through a ZipMap (a sequence of maps, by default)
+    are taken from the ZipMap's input tensor."""
     outputs = list(proto.graph.output)
     names = ", ".join(f"'{o.name}'" for o in outputs)
-    zipmap = {out for node in proto.graph.node if node.op_type == "ZipMap" for out in node.output}
+    zipmap_inputs = {node.output[0]: node.input[0] for node in proto.graph.node if node.op_type == "ZipMap"}
     scores = [o for o in outputs if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type in FLOAT_TYPES
               and (not o.type.tensor_type.HasField("shape") or len(o.type.tensor_type.shape.dim) >= 2)]
     if output_name is not None:
         chosen = [o for o in outputs if o.name == output_name]
         if not chosen:
             raise InputError(f"{source}: no output named '{output_name}' (the outputs are {names})")
-        if chosen[0] not in scores and chosen[0].name not in zipmap:
+        if chosen[0] not in scores and chosen[0].name not in zipmap_inputs:
             raise InputError(f"{source}: output '{output_name}' is not a float tensor of class scores")
     else:
-        chosen = scores
-    if (len(chosen) != 1 or chosen[0].name in zipmap) and zipmap:
-        raise InputError(f"{source}: the class probabilities come out of a ZipMap (a sequence of maps); export "
-                         "with skl2onnx's options={'zipmap': False} to get them as a tensor")
+        chosen = scores or [o for o in outputs if o.name in zipmap_inputs]
     if len(chosen) != 1:
         raise InputError(f"{source}: {len(outputs)} outputs ({names}) and no single float class-score output "
                          "among them; choose one with --output-name")
-    if len(outputs) == 1:
+    if chosen[0].name in zipmap_inputs:
+        chosen = [onnx.helper.make_tensor_value_info(zipmap_inputs[chosen[0].name], onnx.TensorProto.FLOAT, None)]
+    if outputs == chosen:
         return
     del proto.graph.output[:]
     proto.graph.output.extend(chosen)
@@ -193,6 +196,54 @@ def _tensors(proto: onnx.ModelProto):
     yield from of_graph(proto.graph)
     for function in proto.functions:
         yield from of_nodes(function.node)
+
+
+def _expand_gelu(proto: onnx.ModelProto) -> None:
+    """Gelu (opset 20, what PyTorch's default exporter writes for nn.GELU) as the formula
+    that opset 18 can express, which passes/pointwise.py then recognises as GELU."""
+    graph = proto.graph
+    if not any(node.op_type == "Gelu" and node.domain in ("", "ai.onnx") for node in graph.node):
+        return
+    taken = {v for node in graph.node for v in (*node.input, *node.output)} | {i.name for i in graph.initializer}
+
+    def fresh(name: str) -> str:
+        candidate, k = name, 1
+        while candidate in taken:
+            candidate, k = f"{name}_{k}", k + 1
+        taken.add(candidate)
+        return candidate
+
+    def constant(name: str, value: float) -> str:
+        name = fresh(name)
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.float32), name))
+        return name
+
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        x, y = node.input[0], node.output[0]
+
+        def step(op_type: str, inputs: list[str], suffix: str, output: str | None = None) -> str:
+            output = output or fresh(f"{node.name}/{suffix}")
+            nodes.append(onnx.helper.make_node(op_type, inputs, [output], name=f"{node.name}/{suffix}"))
+            return output
+
+        tanh_form = any(a.name == "approximate" and a.s == b"tanh" for a in node.attribute)
+        if tanh_form:
+            cube = step("Mul", [step("Pow", [x, constant("gelu.three", 3.0)], "Pow"),
+                                constant("gelu.c", 0.044715)], "Mul_cubic")
+            inner = step("Mul", [step("Add", [x, cube], "Add_inner"), constant("gelu.k", np.sqrt(2 / np.pi))],
+                         "Mul_inner")
+            gate = step("Tanh", [inner], "Tanh")
+        else:
+            gate = step("Erf", [step("Div", [x, constant("gelu.sqrt2", np.sqrt(2.0))], "Div")], "Erf")
+        half = step("Mul", [step("Add", [gate, constant("gelu.one", 1.0)], "Add"),
+                            constant("gelu.half", 0.5)], "Mul_half")
+        step("Mul", [x, half], "Mul", output=y)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _ops_newer_than_pinned(proto: onnx.ModelProto) -> list[tuple[str, str]]:

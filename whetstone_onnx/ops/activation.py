@@ -6,19 +6,24 @@ and the binary Spike they become at sharpness 1.
   Tanh                           ->  SharpSigmoid, exactly where the next linear layer
                                      takes tanh = 2 sigmoid(2x) - 1's affine (else as below)
   LeakyRelu, PRelu, Elu, Selu,   ->  BoundedRelu, approximated: at sharpness 0 it is
-  Softplus, HardSwish, Mish          a ReLU scaled from data, as Relu is
+  Softplus, HardSwish, Mish,         a ReLU scaled from data, as Relu is
+  GELU (erf or tanh form), SiLU
 
 The project's own BoundedRelu / SharpSigmoid nodes lift as they are, and so do the
 chains Keras' ONNX export writes for the ``whetstone_onnx.keras`` layers (their
-sharpness frozen into the graph), recognised below.
+sharpness frozen into the graph), recognised below. GELU and SiLU have no opset-18
+op: exporters write them out as formulas, which passes/pointwise.py recognises by
+what they compute (POINTWISE_FUNCTIONS) and replaces with the project-domain
+Gelu / GeluTanh / Silu nodes lifted here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import onnx_ir as ir
+from scipy import special
+
 
 from ..errors import UnsupportedModelError
 from ..network import Layer, OnnxBuilder
@@ -32,6 +37,10 @@ def _softplus(x):
     return np.logaddexp(0.0, x)
 
 
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))         # = 1 / (1 + exp(-x)), without overflow
+
+
 def _elu(x, alpha):
     return np.where(x < 0, alpha * np.expm1(np.minimum(x, 0.0)), x)
 
@@ -41,7 +50,7 @@ def _elu(x, alpha):
 FLOAT_FUNCTIONS = {
     "Relu": lambda x: np.maximum(x, 0.0),
     "Clip": lambda x, min, max: np.clip(x, min, max),
-    "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "Sigmoid": _sigmoid,
     "HardSigmoid": lambda x, alpha, beta: np.clip(alpha * x + beta, 0.0, 1.0),
     "Tanh": np.tanh,
     "LeakyRelu": lambda x, alpha: np.where(x < 0, alpha * x, x),
@@ -50,7 +59,16 @@ FLOAT_FUNCTIONS = {
     "Softplus": _softplus,
     "HardSwish": lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
     "Mish": lambda x: x * np.tanh(_softplus(x)),
+    # No opset-18 op: ONNX's Gelu (opset 20, approximate "none" / "tanh") and x sigmoid(x).
+    "Gelu": lambda x: 0.5 * x * (1.0 + special.erf(x / np.sqrt(2.0))),
+    "GeluTanh": lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3))),
+    "Silu": lambda x: x * _sigmoid(x),
 }
+# The functions of one variable a chain of elementwise standard ops may compute
+# (passes/pointwise.py): exporters write GELU and SiLU, and sometimes the others, that way.
+POINTWISE_FUNCTIONS = ("Relu", "Sigmoid", "Tanh", "Softplus", "HardSwish", "Mish", "Gelu", "GeluTanh", "Silu")
+# Those with no opset-18 op: recognised into project-domain nodes of these names.
+FORMULA_ONLY = ("Gelu", "GeluTanh", "Silu")
 # ONNX's default attributes (Selu's are float32 roundings of the paper's constants).
 SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
 
@@ -79,7 +97,29 @@ class Activation(Layer):
         if self.op_type == "PRelu":
             slope = builder.constant(f"{self.name}.slope", self.slope)
             return builder.node("PRelu", [x, slope], self.name, name=self.name)
+        if self.op_type in FORMULA_ONLY:
+            return self._emit_formula(builder, x)
         return builder.node(self.op_type, [x], self.name, name=self.name, **self.params)
+
+    def _emit_formula(self, builder: OnnxBuilder, x: str) -> str:
+        """GELU and SiLU in opset-18 ops, as PyTorch's exporter writes them."""
+        def step(op_type: str, inputs: list[str], suffix: str) -> str:
+            return builder.node(op_type, inputs, f"{self.name}.{suffix}", name=f"{self.name}.{suffix}")
+
+        def const(suffix: str, value: float) -> str:
+            return builder.constant(f"{self.name}.{suffix}", np.array(value))
+
+        if self.op_type == "Silu":
+            gate = step("Sigmoid", [x], "sigmoid")
+        elif self.op_type == "Gelu":
+            gate = step("Erf", [step("Div", [x, const("sqrt2", np.sqrt(2.0))], "scaled")], "erf")
+        else:
+            cube = step("Mul", [step("Pow", [x, const("three", 3.0)], "cube"), const("c", 0.044715)], "cubic")
+            inner = step("Mul", [step("Add", [x, cube], "sum"), const("k", np.sqrt(2.0 / np.pi))], "inner")
+            gate = step("Tanh", [inner], "tanh")
+        if self.op_type != "Silu":
+            gate = step("Mul", [step("Add", [gate, const("one", 1.0)], "plus1"), const("half", 0.5)], "gate")
+        return builder.node("Mul", [x, gate], self.name, name=self.name)
 
     def to_keras(self, builder) -> None:
         import keras
@@ -179,6 +219,11 @@ class Spike(Layer):
 
 @lifts("Relu", "Sigmoid", "Tanh", "Softplus", "HardSwish", "Mish")
 def lift_plain(node, ctx: LiftContext) -> Activation:
+    return Activation(node.name, node.op_type)
+
+
+@lifts(*FORMULA_ONLY, domain=DOMAIN)
+def lift_formula(node, ctx: LiftContext) -> Activation:
     return Activation(node.name, node.op_type)
 
 

@@ -82,10 +82,25 @@ class Conv2d(LinearLayer):
         if (top, left) != (bottom, right):
             raise UnsupportedModelError(f"layer '{self.name}': NIR Conv2d has symmetric padding only, "
                                         f"pads are {list(self.pads)}")
-        builder.add(self.name, nir.Conv2d(input_shape=tuple(input_shape[1:]), weight=self.weight,
+        # NIR 1.0's Conv2d takes its input channels from weight.shape[1], whatever its groups,
+        # so a grouped convolution's type never matches its input: it is written as the
+        # ungrouped convolution it equals, whose kernel is zero across groups.
+        builder.add(self.name, nir.Conv2d(input_shape=tuple(input_shape[1:]), weight=self.ungrouped_weight(),
                                           stride=tuple(self.strides), padding=(top, left),
-                                          dilation=tuple(self.dilations), groups=self.group,
+                                          dilation=tuple(self.dilations), groups=1,
                                           bias=self.bias_or_zero()))
+
+    def ungrouped_weight(self) -> np.ndarray:
+        """The (out, in, kh, kw) kernel of the ungrouped convolution equal to this one."""
+        if self.group == 1:
+            return self.weight
+        out_ch, in_per_group, kh, kw = self.weight.shape
+        per_group = out_ch // self.group
+        dense = np.zeros((out_ch, in_per_group * self.group, kh, kw), self.weight.dtype)
+        for g in range(self.group):
+            dense[g * per_group:(g + 1) * per_group, g * in_per_group:(g + 1) * in_per_group] = \
+                self.weight[g * per_group:(g + 1) * per_group]
+        return dense
 
     def to_keras(self, builder) -> None:
         import keras

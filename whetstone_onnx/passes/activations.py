@@ -15,7 +15,7 @@ COMMUTING_LAYERS = (MaxPool2d, Reshape, Transpose)
 # Layers a uniform scale x -> k x passes through unchanged (positively homogeneous ones).
 SCALE_TRANSPARENT_LAYERS = (*COMMUTING_LAYERS, AvgPool2d)
 # Activations no Whetstone unit reproduces: a bounded ReLU stands in, scaled from data as Relu's.
-APPROXIMATED_OPS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Softplus", "HardSwish", "Mish")
+APPROXIMATED_OPS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Softplus", "HardSwish", "Mish", "Gelu", "GeluTanh", "Silu")
 # The sources whose units calibrate_scales scales: unbounded above, about the identity for large inputs.
 CALIBRATED_SOURCES = ("Relu", *APPROXIMATED_OPS)
 
@@ -23,8 +23,8 @@ CALIBRATED_SOURCES = ("Relu", *APPROXIMATED_OPS)
 def activations_before_pooling(network: Network) -> int:
     """Move each activation up against its linear layer, each batch norm down past max pooling.
 
-    relu(maxpool(x)) == maxpool(relu(x)) for any non-decreasing activation (HardSwish
-    and Mish are not, but become bounded ReLUs, which are), and reshapes commute with
+    relu(maxpool(x)) == maxpool(relu(x)) for any non-decreasing activation (HardSwish,
+    Mish, GELU and SiLU are not, but become bounded ReLUs, which are), and reshapes commute with
     every elementwise op; after this pass each activation
     directly follows the Dense / Conv whose bias becomes its threshold. A batch
     norm before max pooling moves below it when that is exact (passes/spiking.py),

@@ -57,12 +57,17 @@ def pin_batch(model: ir.Model) -> int:
     changed = int(bool(dims) and dims[0] != 1)
     if dims:
         data_input.shape = ir.Shape([1, *dims[1:]])
+    _infer_shapes(model)
+    return changed
+
+
+def _infer_shapes(model: ir.Model) -> None:
+    """Every intermediate shape inferred afresh."""
     for node in model.graph:
         for out in node.outputs:
             if not out.is_graph_output():
                 out.shape = None
     common_passes.ShapeInferencePass(strict_mode=False)(model)
-    return changed
 
 
 def fold_constants(model: ir.Model) -> int:
@@ -80,6 +85,10 @@ def fold_constants(model: ir.Model) -> int:
         if not any(out.is_graph_output() for out in node.outputs):
             graph.remove(node, safe=True)
             count += 1
+    if count:
+        # A shape that only shape arithmetic knew (PyTorch's Unflatten: Reshape(x, Concat(Slice(Shape(x)),
+        # ...)) with Mod and Add on the way) is a constant now: the Reshape's output shape is known too.
+        _infer_shapes(model)
     return count
 
 

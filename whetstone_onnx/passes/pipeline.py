@@ -18,6 +18,7 @@ from .cleanup import PASS_THROUGH_OPS, fold_constants, lift_constants, pin_batch
 from .layout import fold_layout_transpose, move_transposes
 from .linear import canonicalise_linear
 from .output import OUTPUT_NORMALISERS, remove_output_softmax
+from .pointwise import recognise_pointwise_activations
 from .recognise import recognise_whetstone_layers
 
 ONNX_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
@@ -29,6 +30,8 @@ ONNX_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     # Before the output softmax goes (a Softmax_Decode ends with one) and before the
     # scale/shift folds would take the recognised chains apart.
     ("recognise_whetstone_layers", recognise_whetstone_layers),
+    # GELU, SiLU and the like written out as formulas, before folds take their Mul / Add.
+    ("recognise_pointwise_activations", recognise_pointwise_activations),
     ("move_transposes", move_transposes),
     ("remove_output_softmax", remove_output_softmax),
     ("canonicalise_linear", canonicalise_linear),
@@ -52,10 +55,11 @@ PASS_HANDLED_OPS = frozenset((*PASS_THROUGH_OPS, *SHAPE_ARITHMETIC_OPS, "BatchNo
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
     """(op type, node name) of every node no pass or op family handles. The nodes of a
-    chain an op family recognises (passes/recognise.py) count as handled: the passes up
-    to the recognition run first, as in the conversion, so that constants are in place."""
+    chain an op family recognises (passes/recognise.py, passes/pointwise.py) count as
+    handled: the passes up to the recognitions run first, as in the conversion, so that
+    constants are in place."""
     graph = ir.serde.deserialize_model(model)
-    recognised = [name for name, _ in ONNX_PASSES].index("recognise_whetstone_layers") + 1
+    recognised = [name for name, _ in ONNX_PASSES].index("recognise_pointwise_activations") + 1
     _run(graph, ONNX_PASSES[:recognised])
     return [(qualified_op_type(node), node.name) for node in graph.graph
             if lifter_for(node) is None and (node.domain not in ("", "ai.onnx") or node.op_type not in PASS_HANDLED_OPS)]

@@ -1,0 +1,145 @@
+"""Models written by the real exporters with their default settings, for the digits (8 x 8) data.
+
+Each builder writes ``<folder>/<exporter>_<kind>.onnx`` and returns its path; ``kind`` is
+"mlp" (a hidden layer with batch norm) or "conv" (convolutions with batch norm, max
+pooling, a dense head). With ``data`` (x (N, 8, 8) in [0, 1], integer labels) the model
+is trained first, briefly and seeded; without, it keeps its seeded initial weights.
+Used by tests/test_exporters.py and by tools/bench_exporters.py, which measures what
+the README's exporter table says.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+EPOCHS = 15
+
+
+def torch_model(kind: str):
+    import torch.nn as nn
+
+    if kind == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 10))
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(16 * 2 * 2, 10))
+
+
+def torch_export(folder: Path, kind: str, data=None, *, dynamo: bool) -> Path:
+    """``torch.onnx.export(model, (x,), path)`` as its documentation shows it: the dynamo exporter
+    (opset 18+, weights in a .data file, the batch fixed at 1), or the TorchScript one (dynamo=False)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = torch_model(kind)
+    if data is not None:
+        x, y = torch.from_numpy(data[0][:, None].astype(np.float32)), torch.from_numpy(data[1].astype(np.int64))
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(EPOCHS):
+            for batch in torch.randperm(len(x)).split(32):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x[batch]), y[batch]).backward()
+                optimizer.step()
+    model.eval()
+    path = folder / f"torch_{'dynamo' if dynamo else 'torchscript'}_{kind}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=dynamo)
+    return path
+
+
+def keras_model(kind: str, data=None):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    if kind == "mlp":
+        layers = [keras.Input((8, 8)), L.Flatten(), L.Dense(48), L.BatchNormalization(), L.ReLU(), L.Dense(10)]
+    else:
+        layers = [keras.Input((8, 8, 1)), L.Conv2D(8, 3, padding="same"), L.BatchNormalization(), L.ReLU(),
+                  L.MaxPooling2D(), L.Conv2D(16, 3, padding="same"), L.BatchNormalization(), L.ReLU(),
+                  L.MaxPooling2D(), L.Flatten(), L.Dense(10)]
+    model = keras.Sequential(layers)
+    if data is not None:
+        x = data[0] if kind == "mlp" else data[0][..., None]
+        model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, data[1], batch_size=32, epochs=EPOCHS, verbose=0)
+    return model
+
+
+def keras_export(folder: Path, kind: str, data=None) -> Path:
+    """Keras 3's ``model.export(path, format="onnx")`` (tf2onnx underneath), channels last."""
+    path = folder / f"keras_{kind}.onnx"
+    model = keras_model(kind, data)
+    model(np.zeros((1, *model.input_shape[1:]), np.float32))        # export traces a model that has run
+    model.export(str(path), format="onnx", verbose=False)
+    return path
+
+
+def tf2onnx_export(folder: Path, kind: str, data=None) -> Path:
+    """tf2onnx's ``convert.from_function`` on a ``tf.function`` holding the Keras model's weights as
+    ``tf.Variable``s (its ``from_keras`` fails on Keras 3): batch norm written as
+    ``tf.nn.batch_normalization``, convolutions as ``tf.nn.conv2d`` on NHWC tensors."""
+    import tensorflow as tf
+    import tf2onnx
+
+    model = keras_model(kind, data)
+    weights = [tf.Variable(w) for w in model.get_weights()]
+
+    def batch_norm(h, gamma, beta, mean, var):
+        return tf.nn.batch_normalization(h, mean, var, beta, gamma, 1e-3)
+
+    if kind == "mlp":
+        def forward(x):
+            w1, b1, gamma, beta, mean, var, w2, b2 = weights
+            h = tf.nn.relu(batch_norm(tf.reshape(x, (-1, 64)) @ w1 + b1, gamma, beta, mean, var))
+            return h @ w2 + b2
+        shape = (None, 8, 8)
+    else:
+        def forward(x):
+            k1, c1, g1, be1, m1, v1, k2, c2, g2, be2, m2, v2, w, b = weights
+            h = tf.nn.relu(batch_norm(tf.nn.conv2d(x, k1, 1, "SAME") + c1, g1, be1, m1, v1))
+            h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+            h = tf.nn.relu(batch_norm(tf.nn.conv2d(h, k2, 1, "SAME") + c2, g2, be2, m2, v2))
+            h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+            return tf.reshape(h, (-1, 64)) @ w + b
+        shape = (None, 8, 8, 1)
+    function = tf.function(forward, input_signature=[tf.TensorSpec(shape, tf.float32, name="input")])
+    path = folder / f"tf2onnx_{kind}.onnx"
+    tf2onnx.convert.from_function(function, input_signature=function.input_signature, output_path=str(path))
+    return path
+
+
+def skl2onnx_export(folder: Path, kind: str, data=None) -> Path:
+    """skl2onnx's ``to_onnx`` of an MLPClassifier (label and probability outputs, a ZipMap unless
+    ``zipmap=False``, which is the option the converter's error names). scikit-learn has no
+    batch norm or convolution: "mlp" is its one hidden layer of 48."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    if data is None:          # scikit-learn cannot keep untrained weights: a short fit
+        digits = load_digits()
+        data = (digits.images[:300] / 16.0, digits.target[:300])
+    x = data[0].reshape(len(data[0]), -1).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                  # ConvergenceWarning of the short fit
+        classifier = MLPClassifier((48,), max_iter=200 if len(x) > 300 else 30, random_state=0).fit(x, data[1])
+    path = folder / f"skl2onnx_{kind}.onnx"
+    path.write_bytes(to_onnx(classifier, x[:1], options={"zipmap": False}).SerializeToString())
+    return path
+
+
+# exporter -> (builder, the kinds it can write)
+EXPORTERS = {
+    "torch_dynamo": (lambda folder, kind, data=None: torch_export(folder, kind, data, dynamo=True), ("mlp", "conv")),
+    "torch_torchscript": (lambda folder, kind, data=None: torch_export(folder, kind, data, dynamo=False),
+                          ("mlp", "conv")),
+    "keras": (keras_export, ("mlp", "conv")),
+    "tf2onnx": (tf2onnx_export, ("mlp", "conv")),
+    "skl2onnx": (skl2onnx_export, ("mlp",)),
+}
