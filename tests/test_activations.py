@@ -19,6 +19,7 @@ from whetstone_onnx.lift import lift
 from whetstone_onnx.load import load_model
 from whetstone_onnx.network import Network
 from whetstone_onnx.ops.activation import Activation, Sharpenable
+from whetstone_onnx.ops.dense import Dense
 from whetstone_onnx.passes.activations import activations_before_pooling, replace_activations
 from whetstone_onnx.passes.pipeline import run_onnx_passes
 
@@ -288,3 +289,12 @@ def test_pytorch_gelu_gelu_tanh_and_silu_convert_from_either_exporter(tmp_path, 
     assert result.passed and result.report["equivalence"]["float"]["relative_diff"] <= FLOAT_TOLERANCE
     assert [entry["op_type"] for entry in result.report["passes"]["approximated_activations"]] == [
         "Gelu", "GeluTanh", "Silu"]
+
+
+def test_an_unknown_activation_kind_raises_instead_of_falling_through():
+    with pytest.raises(ValueError, match="unknown op type 'Swish'"):
+        Activation("act", "Swish")
+    network = Network("x", (4,), "y", [Dense("fc", np.ones((4, 4), np.float32), None), Activation("act", "Relu")])
+    network.layers[1].op_type = "Swish"          # what a family added without its replacement would be
+    with pytest.raises(ValueError, match="no replacement is defined for Swish"):
+        replace_activations(network)

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from whetstone_onnx import api
 from whetstone_onnx.data import load_dataset

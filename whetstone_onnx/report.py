@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import platform
 from collections import Counter
+from dataclasses import asdict
 from importlib import metadata
+
+from .artifacts import sha256
+from .load import PINNED_IR_VERSION, PINNED_OPSET
+from .network import Network
+from .ops.activation import Activation, Sharpenable, Spike
+from .ops.decode import NHotDecode
+from .spiking_onnx import DOMAIN, DOMAIN_VERSION
 
 SCHEMA = "whetstone_onnx.report"
 # 1.1: equivalence.sharpenable.sharpness is per layer (a Whetstone Keras export starts sharpened).
@@ -31,6 +39,67 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def conversion_report(c) -> dict:
+    """The report of a finished ``conversion.Conversion``."""
+    options, network = c.options, c.float_network
+    output = options.output
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "model": {"path": c.loaded.source, "sha256": c.loaded.sha256, "opset": c.loaded.original_opset,
+                  "ir_version": c.loaded.original_ir_version,
+                  "input": {"name": network.input_name, "shape": list(network.input_shape)},
+                  "output": {"name": network.output_name, "classes": c.sharpenable.num_classes,
+                             "removed_normaliser": c.normaliser}},
+        "output_opset": {"ai.onnx": PINNED_OPSET, DOMAIN: DOMAIN_VERSION, "ir_version": PINNED_IR_VERSION},
+        "options": {"data": c.dataset.spec if c.dataset else None,
+                    "normalize": list(options.normalize) if options.normalize else None,
+                    "output": output, "key_width": options.key_width, "seed": options.seed},
+        "passes": {"onnx": c.onnx_counts, "network": c.network_counts, "approximated_activations": c.approximated},
+        "layers": layer_table(c.spiking),
+        "calibration": {"source": "data" if c.dataset else "random", "samples": len(c.calibration),
+                        "percentile": options.calibration_percentile},
+        "finetune": c.finetune_report,
+        "data": None if c.dataset is None else {"spec": c.dataset.spec, "train_samples": len(c.dataset.y_train),
+                                                "test_samples": len(c.dataset.y_test)},
+        "accuracy": c.accuracy,
+        "output_stage": {"requested": output, "chosen_on_validation": c.tuned is not None and c.readout is not None
+                         and bool(c.tuned.validation),
+                         "written": "nhot" if isinstance(c.trained.layers[-1], NHotDecode) else "readout"},
+        "accuracy_guard": None if c.accuracy is None else accuracy_guard(c.accuracy, options.max_loss,
+                                                                         options.accept_loss),
+        "equivalence": {
+            "float": asdict(c.float_check),
+            "sharpenable": {"samples": len(c.test), "sharpness": c.start_sharpness,
+                            "class_agreement": c.start_agreement},
+            "spiking": c.spike_check.to_dict(),
+            "nir": None if c.nir_check is None else c.nir_check.to_dict(),
+            "netlist": None if c.netlist_check is None else c.netlist_check.to_dict(),
+        },
+        "netlist": None if c.nir_graph is None else {
+            "nir": {"file": "model.nir", "profile": options.nir_profile, "dt": options.nir_dt,
+                    "nodes": len(c.nir_graph.nodes), "edges": len(c.nir_graph.edges)},
+            **c.netlist_report},
+        "artifacts": {"sharpenable.onnx": {"sha256": sha256(c.sharpenable_model.SerializeToString())},
+                      "spiking.onnx": {"sha256": sha256(c.spiking_model.SerializeToString())}},
+        "timings_s": {k: round(v, 4) for k, v in c.timings.items()},
+        "versions": package_versions(),
+        "passed": c.float_check.passed and c.spike_check.passed and all(
+            check is None or check.passed for check in (c.nir_check, c.netlist_check)),
+    }
+
+
+def layer_table(network: Network) -> list[dict]:
+    """One row per layer: its description, shapes and role."""
+    rows, shape = [], network.input_shape
+    for layer in network.layers:
+        out = layer.output_shape(shape)
+        role = {Spike: "spiking", Sharpenable: "spiking", Activation: "float activation"}.get(type(layer))
+        rows.append({**layer.describe(), "input_shape": list(shape), "output_shape": list(out),
+                     **({"role": role} if role else {})})
+        shape = out
+    return rows
 
 
 def accuracy_guard(accuracy: dict, max_loss: float, accepted: bool) -> dict:

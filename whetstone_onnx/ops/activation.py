@@ -84,6 +84,10 @@ class Activation(Layer):
 
     kind = "activation"
 
+    def __post_init__(self):
+        if self.op_type not in FLOAT_FUNCTIONS and self.op_type != "PRelu":
+            raise ValueError(f"activation '{self.name}': unknown op type {self.op_type!r}")
+
     def forward(self, x):
         if self.op_type == "PRelu":
             return np.where(x < 0, x * self.slope.astype(np.float64), x)

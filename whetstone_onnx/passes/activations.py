@@ -95,6 +95,8 @@ def replace_activations(network: Network) -> int:
             approximation = "no Whetstone form: a bounded ReLU, scaled from data as for Relu, stands in for it"
             if layer.op_type == "Selu":
                 linear.scale_outputs(layer.params["gamma"])
+        elif layer.op_type != "Relu":
+            raise ValueError(f"activation '{layer.name}': no replacement is defined for {layer.op_type}")
         network.layers[i] = Sharpenable(layer.name, function, 0.0, source=layer.op_type, approximation=approximation)
         count += 1
     check_batchnorm_folds(network)

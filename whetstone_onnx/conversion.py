@@ -1,0 +1,346 @@
+"""The conversion pipeline: a short list of named stages over one typed state.
+
+    load -> passes -> float_check -> sharpen -> finetune -> emit -> netlist -> spike_check -> accuracy
+
+Each stage reads what earlier stages put in the ``Conversion`` and adds its own
+results; ``run`` times each one. Nothing here writes to the user's output folder
+(``api.convert`` does, once every check has run); the report is assembled from the
+finished state by ``report.conversion_report``.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from . import check, runtime
+from .data import Dataset, fit_to_input, load_dataset
+from .emit import to_onnx
+from .errors import DataError, InputError, UnsupportedModelError
+from .finetune import FinetuneOptions, FinetuneResult
+from .finetune import finetune as run_finetune
+from .lift import lift
+from .load import LoadedModel, load_model
+from .netlist.explicit import HEADER_FILE, NEURONS_FILE, SYNAPSES_FILE
+from .netlist.hardware import PRESETS as HARDWARE_PRESETS
+from .netlist.nir_export import DEFAULT_DT, PROFILES, to_nir
+from .network import Network
+from .ops.activation import Sharpenable, Spike
+from .ops.dense import Dense
+from .passes.activations import activations_before_pooling, approximated_activations, replace_activations
+from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
+from .passes.output import REMOVED_NORMALISER
+from .passes.output_stage import OUTPUT_MODES, conv_head_to_dense, make_output_stage
+from .passes.pipeline import run_onnx_passes, unsupported_message, unsupported_nodes
+from .passes.spiking import to_step_network
+from .report import DEFAULT_MAX_LOSS
+
+CALIBRATION_SAMPLES = 1000
+NETLIST_FILES = (SYNAPSES_FILE, NEURONS_FILE, HEADER_FILE)   # header last: it vouches for the others
+RANDOM_CHECK_SAMPLES = 256
+
+
+@dataclass
+class ConvertOptions:
+    """Every choice ``convert`` leaves to the user but the model, the data and the output folder.
+    See ``api.convert`` for what each one does."""
+    normalize: tuple[float, float] | None = None
+    output: str = "auto"
+    key_width: int | None = None
+    seed: int = 0
+    finetune: bool | FinetuneOptions = True
+    calibration_percentile: float = DEFAULT_PERCENTILE
+    progress: bool = False
+    netlist: bool = True
+    nir_profile: str = "portable"
+    nir_dt: float = DEFAULT_DT
+    weight_bits: int | None = None
+    hardware: str | None = None
+    max_loss: float = DEFAULT_MAX_LOSS
+    accept_loss: bool = False
+    model_dir: str | Path | None = None
+    output_name: str | None = None
+
+    def validate(self) -> None:
+        """``InputError`` naming the first option out of range, before any work."""
+        if not 0.0 < self.calibration_percentile <= 100.0:
+            raise InputError(f"calibration percentile {self.calibration_percentile}: must be in (0, 100]")
+        if self.output not in OUTPUT_MODES:
+            raise InputError(f"--output {self.output!r}: expected one of {', '.join(OUTPUT_MODES)}")
+        if self.nir_profile not in PROFILES:
+            raise InputError(f"--nir-profile {self.nir_profile!r}: expected one of {', '.join(PROFILES)}")
+        if self.hardware is not None and self.hardware not in HARDWARE_PRESETS:
+            raise InputError(f"--hardware {self.hardware!r}: expected one of {', '.join(HARDWARE_PRESETS)}")
+        if self.weight_bits is not None and not 2 <= self.weight_bits <= 16:
+            raise InputError(f"--weight-bits {self.weight_bits}: expected 2 to 16")
+        if not 0.0 <= self.max_loss <= 100.0:
+            raise InputError(f"--max-loss {self.max_loss}: expected 0 to 100 points")
+        if self.finetune:
+            self.finetune_options.validate()
+
+    @property
+    def finetune_options(self) -> FinetuneOptions:
+        return self.finetune if isinstance(self.finetune, FinetuneOptions) else FinetuneOptions(seed=self.seed)
+
+
+@dataclass
+class Conversion:
+    """What the stages know about one conversion, filled in stage by stage."""
+    model: object                                   # what the user gave: a path, bytes or a ModelProto
+    data: str | Dataset | None
+    options: ConvertOptions
+    out_dir: Path | None = None                     # where the netlist stages, if anywhere
+    timings: dict[str, float] = field(default_factory=dict)
+    # load
+    loaded: LoadedModel | None = None
+    dataset: Dataset | None = None
+    # passes
+    float_network: Network | None = None
+    onnx_counts: dict[str, int] = field(default_factory=dict)
+    normaliser: str | None = None                   # the output Softmax / LogSoftmax the passes removed
+    train: np.ndarray | None = None                 # inputs fitted to the model (random without data)
+    test: np.ndarray | None = None
+    rng: np.random.Generator | None = None
+    calibration: np.ndarray | None = None
+    # float_check
+    float_model: onnx.ModelProto | None = None
+    float_check: check.FloatCheck | None = None
+    # sharpen
+    sharpenable: Network | None = None
+    network_counts: dict[str, int] = field(default_factory=dict)
+    approximated: list[dict] = field(default_factory=list)
+    readout: Dense | None = None                    # the float readout trained beside the N-hot code ("auto")
+    initial_model: onnx.ModelProto | None = None
+    start_sharpness: list[float] = field(default_factory=list)
+    start_agreement: float | None = None
+    # finetune
+    finetune_report: dict = field(default_factory=dict)
+    tuned: FinetuneResult | None = None
+    trained: Network | None = None
+    # emit
+    sharpenable_model: onnx.ModelProto | None = None
+    spiking: Network | None = None
+    spiking_model: onnx.ModelProto | None = None
+    # netlist
+    nir_graph: object = None
+    nir_check: check.NetlistCheck | None = None
+    staging: tempfile.TemporaryDirectory | None = None   # the explicit netlist's files, until moved into place
+    netlist_report: dict | None = None
+    netlist_check: check.NetlistCheck | None = None
+    # spike_check, accuracy
+    spike_check: check.SpikeCheck | None = None
+    accuracy: dict[str, float] | None = None
+
+    @property
+    def doc(self) -> str:
+        return f"whetstone_onnx graph of {Path(self.loaded.source).name} (sha256 {self.loaded.sha256[:16]})"
+
+
+def load(c: Conversion) -> None:
+    c.loaded = load_model(c.model, c.options.model_dir, c.options.output_name)
+    unsupported = unsupported_nodes(c.loaded.model)
+    if unsupported:
+        raise UnsupportedModelError(unsupported_message(c.loaded.source, unsupported))
+    c.dataset = load_dataset(c.data) if isinstance(c.data, str) else c.data
+
+
+def passes(c: Conversion) -> None:
+    c.float_network, c.onnx_counts, c.normaliser = float_network(c.loaded)
+    c.train, c.test, c.rng = fitted_inputs(c.dataset, c.float_network, c.options.normalize, c.options.seed)
+    c.calibration = c.train[c.rng.permutation(len(c.train))[:CALIBRATION_SAMPLES]]
+
+
+def float_check(c: Conversion) -> None:
+    c.float_model = to_onnx(c.float_network, graph_name="float")
+    c.float_check = check.check_float(c.loaded.model, c.float_model, c.normaliser, _check_inputs(c.test, c.rng))
+
+
+def sharpen(c: Conversion) -> None:
+    options = c.options
+    c.sharpenable = c.float_network.copy()
+    c.network_counts, calibrated = sharpenable_passes(c.sharpenable, c.calibration, options.calibration_percentile)
+    c.approximated = approximated_activations(c.sharpenable)
+    # "auto": fine-tuning trains an N-hot code and a readout side by side and keeps the one
+    # that validates better. With nothing to validate on, the N-hot code, unless the model
+    # is already sharpened (a Whetstone graph, such as a readout this converter wrote).
+    choose_output = options.output == "auto" and bool(options.finetune) and c.dataset is not None \
+        and options.finetune_options.validation > 0 and isinstance(c.sharpenable.layers[-1], Dense)
+    c.readout = copy.deepcopy(c.sharpenable.layers[-1]) if choose_output else None
+    sharpened = any(layer.sharpness > 0 for layer in c.sharpenable.layers if isinstance(layer, Sharpenable))
+    stage = options.output if options.output != "auto" else "readout" if sharpened and not choose_output else "nhot"
+    c.network_counts["make_output_stage"] = make_output_stage(c.sharpenable, stage, calibrated.outputs,
+                                                              key_width=options.key_width, seed=options.seed)
+    c.initial_model = to_onnx(c.sharpenable, graph_name="sharpenable", doc=c.doc)
+    # Per layer: 0 for a converted model; a Whetstone Keras model's export keeps the sharpness it had.
+    c.start_sharpness = [layer.sharpness for layer in c.sharpenable.layers if isinstance(layer, Sharpenable)]
+    c.start_agreement = check.class_agreement(c.loaded.model, c.initial_model, c.test)
+
+
+def finetune(c: Conversion) -> None:
+    options = c.options
+    c.finetune_report = {"requested": bool(options.finetune), "performed": False}
+    c.trained = c.sharpenable
+    if options.finetune and c.dataset is None:
+        c.finetune_report["reason"] = "no --data given: layers were sharpened at once"
+    elif not options.finetune:
+        c.finetune_report["reason"] = "--no-finetune: layers were sharpened at once"
+    else:
+        recipe = options.finetune_options
+        teacher = runtime.batch_function(c.float_model) if recipe.distillation else None
+        c.tuned = run_finetune(c.sharpenable, c.train, c.dataset.y_train, c.test, c.dataset.y_test, recipe,
+                               progress=options.progress, teacher=teacher, readout=c.readout)
+        c.trained = c.tuned.network
+        c.finetune_report.update(performed=True, options=asdict(c.tuned.options),
+                                 reached_full_sharpness=c.tuned.reached_full_sharpness,
+                                 validation=c.tuned.validation, history=c.tuned.history)
+
+
+def emit(c: Conversion) -> None:
+    c.sharpenable_model, c.spiking, c.spiking_model = emit_trained(c.trained, c.doc)
+    c.network_counts["to_step_network"] = sum(isinstance(layer, Spike) for layer in c.spiking.layers)
+
+
+def netlist(c: Conversion) -> None:
+    options = c.options
+    if not options.netlist:
+        return
+    c.nir_graph = to_nir(c.spiking, profile=options.nir_profile, dt=options.nir_dt)
+    c.nir_check = check.check_nir(c.spiking_model, c.nir_graph, c.test)
+    # The explicit netlist is streamed to files: write it to a staging directory, check it
+    # from there, and move it into place with the other artifacts. (TemporaryDirectory
+    # removes itself even if a later step raises.)
+    if c.out_dir is not None:
+        c.out_dir.mkdir(parents=True, exist_ok=True)
+    c.staging = tempfile.TemporaryDirectory(prefix=".netlist-", dir=c.out_dir)
+    c.netlist_report, c.netlist_check = _explicit_netlist(c.spiking, c.spiking_model, Path(c.staging.name), c.test,
+                                                          c.dataset, options.weight_bits, options.hardware)
+
+
+def spike_check(c: Conversion) -> None:
+    c.spike_check = check.check_spiking(c.spiking, c.test)
+    if c.tuned is not None:
+        c.finetune_report["keras_vs_spiking_onnx"] = keras_vs_spiking_onnx(
+            c.tuned.keras_spiking_predictions, c.spiking_model, c.test)
+
+
+def accuracy(c: Conversion) -> None:
+    if c.dataset is None:
+        return
+    c.accuracy = {name: _accuracy(model, c.test, c.dataset.y_test) for name, model in
+                  (("original", c.loaded.model), ("float", c.float_model), ("sharpenable_start", c.initial_model),
+                   ("sharpenable", c.sharpenable_model), ("spiking", c.spiking_model))}
+
+
+STAGES: list[tuple[str, Callable[[Conversion], None]]] = [
+    ("load", load), ("passes", passes), ("float_check", float_check), ("sharpen", sharpen),
+    ("finetune", finetune), ("emit", emit), ("netlist", netlist), ("spike_check", spike_check),
+    ("accuracy", accuracy),
+]
+
+
+def run(conversion: Conversion) -> Conversion:
+    """Every stage in order, each timed into ``conversion.timings`` (stages that had nothing to
+    do, such as fine-tuning without data, are not listed)."""
+    for name, stage in STAGES:
+        start = time.perf_counter()
+        stage(conversion)
+        if _did_work(name, conversion):
+            conversion.timings[name] = time.perf_counter() - start
+    return conversion
+
+
+def _did_work(stage: str, c: Conversion) -> bool:
+    return {"finetune": c.tuned is not None, "netlist": c.nir_graph is not None,
+            "accuracy": c.accuracy is not None}.get(stage, True)
+
+
+# ----------------------------------------------------------------------------- shared with inspect
+
+def float_network(loaded: LoadedModel) -> tuple[Network, dict[str, int], str | None]:
+    model, counts = run_onnx_passes(loaded.model)
+    # (A Softmax that ends a recognised N-hot decode stays part of it.)
+    return lift(model), counts, model.graph.meta.get(REMOVED_NORMALISER)
+
+
+def sharpenable_passes(network: Network, calibration: np.ndarray, percentile: float):
+    """The network passes that make a float network sharpenable, in order, up to the output stage:
+    (rewrites per pass, the calibration's result)."""
+    counts = {
+        "conv_head_to_dense": conv_head_to_dense(network),
+        "activations_before_pooling": activations_before_pooling(network),
+        "replace_activations": replace_activations(network),
+    }
+    calibrated = calibrate_scales(network, calibration, percentile)
+    counts["calibrate_scales"] = calibrated.scaled_layers
+    return counts, calibrated
+
+
+def fitted_inputs(dataset: Dataset | None, network: Network, normalize, seed: int):
+    """(train inputs, test inputs, rng) fitted to the model; random inputs without data."""
+    rng = np.random.default_rng(seed)
+    if dataset is None:
+        if normalize is not None:
+            raise DataError("--normalize needs --data")
+        random = rng.standard_normal((2 * RANDOM_CHECK_SAMPLES, *network.input_shape)).astype(np.float32)
+        return random[:RANDOM_CHECK_SAMPLES], random[RANDOM_CHECK_SAMPLES:], rng
+    train = fit_to_input(dataset.x_train, network.input_shape, normalize, spec=dataset.spec)
+    test = fit_to_input(dataset.x_test, network.input_shape, normalize, spec=dataset.spec)
+    return train, test, rng
+
+
+def emit_trained(trained: Network, doc: str) -> tuple[onnx.ModelProto, Network, onnx.ModelProto]:
+    """(sharpenable model, step network, spiking model) of a trained sharpenable network."""
+    sharpenable_model = to_onnx(trained, graph_name="sharpenable", doc=doc)
+    spiking = trained.copy()
+    for layer in spiking.layers:
+        if isinstance(layer, Sharpenable):
+            layer.sharpness = 1.0
+    to_step_network(spiking)
+    return sharpenable_model, spiking, to_onnx(spiking, graph_name="spiking", doc=doc)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _check_inputs(test: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Real inputs plus random ones, so the float check also covers off-distribution values."""
+    random = rng.standard_normal((min(len(test), RANDOM_CHECK_SAMPLES), *test.shape[1:])).astype(np.float32)
+    return np.concatenate([test, random])
+
+
+def keras_vs_spiking_onnx(keras_predictions: np.ndarray, spiking_model: onnx.ModelProto, x: np.ndarray) -> dict:
+    """How often the Keras model at sharpness 1 and ``spiking.onnx`` predict the same class (first 100 differences)."""
+    differences = np.flatnonzero(runtime.predict(spiking_model, x).reshape(len(x), -1).argmax(1) != keras_predictions)
+    return {"samples": len(x), "agreement": float(1.0 - len(differences) / len(x)),
+            "differences": differences[:100].tolist()}
+
+
+def _accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(runtime.predict(model, x).reshape(len(x), -1).argmax(1) == labels))
+
+
+def _explicit_netlist(spiking: Network, spiking_model: onnx.ModelProto, directory: Path, test: np.ndarray,
+                      dataset: Dataset | None, weight_bits: int | None, hardware: str | None):
+    """Write the explicit netlist into ``directory``, check and measure it: (report entry, check or None)."""
+    from .netlist.explicit import read_netlist, write_netlist
+    from .netlist.hardware import check_hardware
+    from .sim import macs, simulate_netlist
+
+    stats = write_netlist(spiking, directory, weight_bits=weight_bits)
+    netlist = read_netlist(directory)
+    simulated = simulate_netlist(netlist, test, keep_outputs=False)
+    operations = macs(spiking)
+    entry = {"explicit": {"files": list(NETLIST_FILES), "weight_bits": weight_bits, "stats": stats.to_dict()},
+             "synops_per_inference": simulated.synops, "macs_per_inference": operations,
+             "synops_per_mac": simulated.synops / operations if operations else None,
+             "spike_rates": simulated.spike_rate,
+             "hardware": None if hardware is None else check_hardware(stats, HARDWARE_PRESETS[hardware])}
+    if dataset is not None:
+        entry["explicit"]["accuracy"] = float(np.mean(simulated.classes == dataset.y_test))
+    # Quantized weights compute other spikes by design: their effect is the accuracy above.
+    return entry, None if weight_bits is not None else check.check_netlist(spiking_model, netlist, test)
