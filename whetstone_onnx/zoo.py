@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from . import __version__
 from .artifacts import json_bytes, make_temporary_directory, write_atomic
+from .conversion import ConvertOptions
 from .data import parse_normalize
 from .errors import InputError, WhetstoneError
 from .finetune import FinetuneOptions
@@ -66,8 +66,8 @@ STATUSES = ("ok", "unsupported", "failed", "accuracy_loss", "timeout", "crashed"
 # A timeout, a crash or a cancellation depends on the run, so --resume retries those.
 FINAL_STATUSES = frozenset({"ok", "unsupported", "failed", "accuracy_loss"})
 
-# The manifest's per-model options are api.convert's keyword arguments (bar
-# ``progress``); their defaults are read from its signature, their TOML types are here.
+# The manifest's per-model options are api.convert's (conversion.ConvertOptions and
+# ``data``, bar ``progress``); their defaults are ConvertOptions', their TOML types are here.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "data": (str,), "normalize": (list, str), "output": (str,), "output_name": (str,), "key_width": (int,),
     "seed": (int,),
@@ -198,12 +198,10 @@ def _reject_duplicate_names(models: list[ZooModel], source: Path) -> None:
 
 
 def convert_defaults() -> dict:
-    """api.convert's keyword arguments that a manifest may set, with their defaults (not ``progress``,
-    nor ``model_dir``: a manifest's models are files, read from their own folders)."""
-    from .api import convert     # api imports this module
-
-    parameters = inspect.signature(convert).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in ("progress", "model_dir")}
+    """The convert options a manifest may set, with their defaults: ``data`` and every
+    ``ConvertOptions`` field but ``progress`` and ``model_dir`` (a manifest's models are
+    files, read from their own folders)."""
+    return {"data": None, **{f.name: f.default for f in fields(ConvertOptions) if f.name not in ("progress", "model_dir")}}
 
 
 def normalise_options(given: dict, where: str | Path) -> dict:
