@@ -288,3 +288,29 @@ def test_distillation_from_the_original_model_trains_reproducibly_and_is_reporte
     assert runs[0].accuracy["spiking"] >= 0.85
     with pytest.raises(api.InputError, match="--distill 1.5: expected a weight from 0 to 1"):
         api.convert(MODELS / "digits_dense.onnx", data="digits", finetune=api.FinetuneOptions(distillation=1.5))
+
+
+@pytest.mark.parametrize("multiplier,strides,dilations,group,keras_class", [
+    (1, (1, 1), (1, 1), 6, "DepthwiseConv2D"), (2, (2, 2), (1, 1), 6, "DepthwiseConv2D"),
+    (1, (1, 1), (2, 2), 6, "DepthwiseConv2D"), (2, (1, 1), (1, 1), 3, "Conv2D")])
+def test_depthwise_and_grouped_convolutions_build_and_write_back_exactly(multiplier, strides, dilations, group,
+                                                                          keras_class):
+    """A depthwise convolution (one input channel per group) trains as Keras' DepthwiseConv2D, which
+    TensorFlow runs far faster on CPU than a grouped Conv2D; other groupings stay Conv2D."""
+    from whetstone_onnx.network import Network
+    from whetstone_onnx.ops.conv import Conv2d
+
+    rng = np.random.default_rng(0)
+    in_per_group = 6 // group
+    conv = Conv2d("conv", rng.normal(size=(6 * multiplier, in_per_group, 3, 3)).astype(np.float32),
+                  rng.normal(size=6 * multiplier).astype(np.float32), strides, (1, 1, 1, 1), dilations, group)
+    network = Network("x", (6, 10, 10), "y", [conv])
+    x = rng.normal(size=(8, 6, 10, 10)).astype(np.float32)
+    built = build_keras(network)
+    assert type(built.model.get_layer(built.layer_names[id(conv)])).__name__ == keras_class
+    expected = runtime.predict(to_onnx(network, graph_name="g"), x)
+    actual = built.model.predict(x, verbose=0).reshape(expected.shape)
+    assert np.abs(actual - expected).max() <= 1e-5 * np.abs(expected).max()
+    weight = conv.weight.copy()
+    write_back(network, built)
+    np.testing.assert_array_equal(conv.weight, weight)

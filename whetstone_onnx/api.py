@@ -24,7 +24,7 @@ from .netlist.nir_export import DEFAULT_DT
 from .passes.activations import approximated_activations
 from .passes.calibrate import DEFAULT_PERCENTILE
 from .passes.output_stage import OUTPUT_MODES, make_output_stage  # noqa: F401  (OUTPUT_MODES: for the CLI)
-from .passes.pipeline import qualified_op_type, unsupported_message, unsupported_nodes
+from .passes.pipeline import qualified_op_type, unsupported_nodes
 from .plot import training_plot
 from .report import DEFAULT_MAX_LOSS, accuracy_table, conversion_report, layer_table
 from .zoo import DEFAULT_TIMEOUT_S, ZooResult
@@ -52,7 +52,7 @@ class InspectResult:
     def error(self) -> str | None:
         """Why the model cannot be converted, in one line naming the file; None when it can."""
         if self.unsupported:
-            return unsupported_message(self.source, self.unsupported)
+            return UnsupportedModelError.for_ops(self.source, self.unsupported).message
         return None if self.problem is None else f"{self.source}: {self.problem}"
 
     def to_dict(self) -> dict:

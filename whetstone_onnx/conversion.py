@@ -37,7 +37,7 @@ from .passes.activations import activations_before_pooling, approximated_activat
 from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
 from .passes.output import REMOVED_NORMALISER
 from .passes.output_stage import OUTPUT_MODES, conv_head_to_dense, make_output_stage
-from .passes.pipeline import run_onnx_passes, unsupported_message, unsupported_nodes
+from .passes.pipeline import run_onnx_passes, unsupported_nodes
 from .passes.spiking import to_step_network
 from .report import DEFAULT_MAX_LOSS
 
@@ -146,7 +146,7 @@ def load(c: Conversion) -> None:
     c.loaded = load_model(c.model, c.options.model_dir, c.options.output_name)
     unsupported = unsupported_nodes(c.loaded.model)
     if unsupported:
-        raise UnsupportedModelError(unsupported_message(c.loaded.source, unsupported))
+        raise UnsupportedModelError.for_ops(c.loaded.source, unsupported)
     c.dataset = load_dataset(c.data) if isinstance(c.data, str) else c.data
 
 

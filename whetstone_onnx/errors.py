@@ -23,6 +23,12 @@ class InputError(WhetstoneError):
 class UnsupportedModelError(WhetstoneError):
     """The model uses ops or op configurations the converter cannot turn into spikes."""
 
+    @classmethod
+    def for_ops(cls, source: str, nodes: list[tuple[str, str]], why: str = "") -> "UnsupportedModelError":
+        """The one line naming the file and every unsupported op with its node (and why, if given)."""
+        listed = ", ".join(f"{op} ('{name}')" for op, name in nodes)
+        return cls(f"{source}: unsupported ops: {listed}" + (f" ({why})" if why else ""))
+
 
 class DataError(WhetstoneError):
     """A ``--data`` spec or a ``--normalize`` value is wrong or does not fit the model."""

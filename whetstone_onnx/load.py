@@ -83,9 +83,8 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
         except Exception as exc:  # the converter raises bare RuntimeErrors/ValueErrors
             newer = _ops_newer_than_pinned(proto)
             if newer:
-                from .passes.pipeline import unsupported_message   # the passes import this module
-                raise UnsupportedModelError(f"{unsupported_message(source, newer)} (no opset-{PINNED_OPSET} "
-                                            "form to convert them to)") from None
+                raise UnsupportedModelError.for_ops(source, newer, f"no opset-{PINNED_OPSET} form to convert them "
+                                                    "to") from None
             raise InputError(f"{source}: cannot convert opset {original_opset} to {PINNED_OPSET} "
                              f"({_first_line(exc)})") from None
     proto.ir_version = PINNED_IR_VERSION

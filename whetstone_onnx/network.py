@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import UnsupportedModelError
 from .spiking_onnx import DOMAIN
 
 
@@ -77,12 +78,10 @@ class Layer:
 
     def to_nir(self, builder, input_shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """Add this layer's NIR nodes through a ``netlist.nir_export.NirBuilder``."""
-        from .errors import UnsupportedModelError
         raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) has no NIR form")
 
     def to_keras(self, builder) -> None:
         """Add this layer's Keras layers through a ``keras.build.KerasBuilder``."""
-        from .errors import UnsupportedModelError
         raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) has no Keras form")
 
     def from_keras(self, keras_layer) -> None:

@@ -109,11 +109,32 @@ class Conv2d(LinearLayer):
         if any(self.pads):
             builder.apply(keras.layers.ZeroPadding2D(((top, bottom), (left, right)),
                                                      name=builder.name(f"{self.name}_pad")))
-        weights = [self.weight.transpose(2, 3, 1, 0)] + ([self.bias] if self.bias is not None else [])
-        builder.apply(keras.layers.Conv2D(self.out_channels, tuple(self.weight.shape[2:]), strides=self.strides,
-                                          padding="valid", dilation_rate=self.dilations, groups=self.group,
-                                          use_bias=self.bias is not None, name=builder.name(self.name)),
-                      owner=self, weights=weights)
+        bias = [self.bias] if self.bias is not None else []
+        kernel, name = tuple(self.weight.shape[2:]), builder.name(self.name)
+        if self.is_depthwise:
+            # TensorFlow's grouped Conv2D trains ~15x slower on CPU than its depthwise kernel (measured on
+            # 64 x 28 x 28 x 16 inputs, forward and backward: 314 vs 22 ms).
+            layer = keras.layers.DepthwiseConv2D(kernel, strides=self.strides, padding="valid",
+                                                 depth_multiplier=self.out_channels // self.group,
+                                                 dilation_rate=self.dilations, use_bias=bool(bias), name=name)
+            weights = [self._depthwise_kernel()] + bias
+        else:
+            layer = keras.layers.Conv2D(self.out_channels, kernel, strides=self.strides, padding="valid",
+                                        dilation_rate=self.dilations, groups=self.group, use_bias=bool(bias),
+                                        name=name)
+            weights = [self.weight.transpose(2, 3, 1, 0)] + bias
+        builder.apply(layer, owner=self, weights=weights)
+
+    @property
+    def is_depthwise(self) -> bool:
+        """One input channel per group (MobileNet's depthwise convolution), strided or dilated but not
+        both (what Keras' DepthwiseConv2D computes)."""
+        return self.group > 1 and self.weight.shape[1] == 1 and (self.strides == (1, 1) or self.dilations == (1, 1))
+
+    def _depthwise_kernel(self) -> np.ndarray:
+        """Keras' (kh, kw, in, multiplier) layout: output channel o = i * multiplier + j reads input i."""
+        out_ch, _, kh, kw = self.weight.shape
+        return self.weight.reshape(self.group, out_ch // self.group, kh, kw).transpose(2, 3, 0, 1)
 
     def absorbs_uniform_shift(self) -> bool:
         # Windows that overlap the zero padding see only part of the shift.
@@ -140,7 +161,12 @@ class Conv2d(LinearLayer):
 
     def from_keras(self, keras_layer) -> None:
         weights = keras_layer.get_weights()
-        self.weight = np.ascontiguousarray(weights[0].transpose(3, 2, 0, 1), dtype=np.float32)
+        if self.is_depthwise:
+            kh, kw, channels, multiplier = weights[0].shape
+            weight = weights[0].transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw)
+        else:
+            weight = weights[0].transpose(3, 2, 0, 1)
+        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
         if self.bias is not None:
             self.bias = weights[1].astype(np.float32)
 

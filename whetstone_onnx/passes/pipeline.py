@@ -70,11 +70,6 @@ def qualified_op_type(node: onnx.NodeProto | ir.Node) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
-def unsupported_message(source: str, nodes: list[tuple[str, str]]) -> str:
-    """The one line naming the file and every unsupported op with its node."""
-    return f"{source}: unsupported ops: " + ", ".join(f"{op} ('{name}')" for op, name in nodes)
-
-
 def run_onnx_passes(proto: onnx.ModelProto) -> tuple[ir.Model, dict[str, int]]:
     model = ir.serde.deserialize_model(proto)
     return model, _run(model, ONNX_PASSES)
