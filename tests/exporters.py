@@ -115,9 +115,9 @@ def tf2onnx_export(folder: Path, kind: str, data=None) -> Path:
 
 
 def skl2onnx_export(folder: Path, kind: str, data=None) -> Path:
-    """skl2onnx's ``to_onnx`` of an MLPClassifier (label and probability outputs, a ZipMap unless
-    ``zipmap=False``, which is the option the converter's error names). scikit-learn has no
-    batch norm or convolution: "mlp" is its one hidden layer of 48."""
+    """skl2onnx's ``to_onnx`` of an MLPClassifier, as it writes it by default: a label output beside
+    the probabilities, which go through a ZipMap. scikit-learn has no batch norm or convolution:
+    "mlp" is its one hidden layer of 48."""
     from skl2onnx import to_onnx
     from sklearn.datasets import load_digits
     from sklearn.neural_network import MLPClassifier
@@ -130,7 +130,7 @@ def skl2onnx_export(folder: Path, kind: str, data=None) -> Path:
         warnings.simplefilter("ignore")                  # ConvergenceWarning of the short fit
         classifier = MLPClassifier((48,), max_iter=200 if len(x) > 300 else 30, random_state=0).fit(x, data[1])
     path = folder / f"skl2onnx_{kind}.onnx"
-    path.write_bytes(to_onnx(classifier, x[:1], options={"zipmap": False}).SerializeToString())
+    path.write_bytes(to_onnx(classifier, x[:1]).SerializeToString())
     return path
 
 

@@ -11,7 +11,7 @@ whether the graph holds external data or a fixed batch, the float graph's larges
 relative difference from the original, the accuracies (original, spiking) on the
 360 held-out digits and the conversion time.
 
-    python tools/bench_exporters.py [--json FILE]
+    python tools/bench_exporters.py [--exporters a,b] [--json FILE]
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def graph_facts(path: Path) -> dict:
     return {"opset": opset, "external_data": any(path.parent.glob(path.name + ".data")) or any(
                 t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer),
             "fixed_batch": batch.dim_value if batch.HasField("dim_value") else None,
+            "outputs": len(proto.graph.output), "zipmap": any(node.op_type == "ZipMap" for node in proto.graph.node),
             "ops": sorted({node.op_type for node in proto.graph.node})}
 
 
@@ -73,22 +74,30 @@ def run(exporter: str, kind: str, digits) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--exporters", default=",".join(EXPORTERS),
+                        help=f"comma-separated subset of {', '.join(EXPORTERS)}")
     parser.add_argument("--json", type=Path, help="write the rows here (after every model)")
     args = parser.parse_args()
+    chosen = args.exporters.split(",")
+    unknown = sorted(set(chosen) - set(EXPORTERS))
+    if unknown:
+        parser.error(f"unknown exporters: {', '.join(unknown)}")
     from whetstone_onnx.data import load_dataset
 
     digits = load_dataset("digits")
     rows = []
     print("| exporter | version | model | opset | as written | float max rel. diff | original | spiking | loss "
           "| convert s |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    for exporter, (_, kinds) in EXPORTERS.items():
-        for kind in kinds:
+    for exporter in chosen:
+        for kind in EXPORTERS[exporter][1]:
             row = run(exporter, kind, digits)
             rows.append(row)
             if args.json:
                 args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-            written = ", ".join(filter(None, ["external data" if row.get("external_data") else "",
-                                              f"batch fixed at {row['fixed_batch']}" if row.get("fixed_batch") else ""]))
+            written = ", ".join(filter(None, [
+                "external data" if row.get("external_data") else "",
+                f"batch fixed at {row['fixed_batch']}" if row.get("fixed_batch") else "",
+                f"{row['outputs']} outputs" if row.get("outputs", 1) > 1 else "", "ZipMap" if row.get("zipmap") else ""]))
             if "error" in row:
                 print(f"| {exporter} | {row['version']} | {kind} | {row.get('opset', '')} | {written or '-'} "
                       f"| did not convert: {row['error']} |||||", flush=True)
