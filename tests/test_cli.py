@@ -73,8 +73,12 @@ def test_bad_normalize_and_usage_exit_2(tmp_path, capsys):
     assert main(["convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--normalize", "x"]) == 2
     assert main(["convert", str(MODELS / "digits_dense.onnx")]) == 2
     assert main(["frobnicate"]) == 2
+    assert main(["convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path), "--bogus"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and all(line.startswith("whetstone-onnx: error: ") for line in errors)
+    assert len(errors) == 4 and all(line.startswith("whetstone-onnx: error: ") for line in errors)
+    # the help hint names the parser that failed: the command's, or the program's
+    assert errors[1].endswith("(see whetstone-onnx convert --help)")
+    assert errors[3] == "whetstone-onnx: error: usage: unrecognized arguments: --bogus (see whetstone-onnx --help)"
 
 
 def test_inspect_json_lists_ops_and_planned_spiking_layers():

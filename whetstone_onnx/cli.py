@@ -23,7 +23,8 @@ OUTPUT_NAME_HELP = ("the model's class-score output, when it has several (defaul
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's default prints usage; one line is the contract
-        raise WhetstoneError(f"usage: {message} (see whetstone-onnx {self.prog.split()[-1]} --help)")
+        # prog is "whetstone-onnx" for the main parser, "whetstone-onnx convert" for a command's.
+        raise WhetstoneError(f"usage: {message} (see {self.prog} --help)")
 
 
 def _verbosity_flags() -> argparse.ArgumentParser:
