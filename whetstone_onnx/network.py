@@ -87,6 +87,11 @@ class Layer:
     def from_keras(self, keras_layer) -> None:
         """Take what training changed in the Keras layer ``to_keras`` made (nothing, by default)."""
 
+    def to_netlist(self, planner, index: int) -> int:
+        """Add this layer (``index`` in the network) to an explicit netlist through a
+        ``netlist.explicit.NetlistPlanner``; return how many layers it took."""
+        raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) has no explicit-netlist form")
+
 
 class LinearLayer(Layer):
     """A layer with a weight (output axis first) and an optional bias: Dense, Conv2d."""
@@ -110,6 +115,43 @@ class LinearLayer(Layer):
 
     def from_keras(self, keras_layer) -> None:
         """Take the trained weights of the Keras layer ``to_keras`` made."""
+        raise NotImplementedError
+
+    def to_netlist(self, planner, index: int) -> int:
+        """A population fed by this layer's synapses: the Spike after it (whose thresholds take the
+        bias, as ``to_step_network`` does), or for the last Dense a readout; it takes both layers."""
+        layers = planner.network.layers
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        self.check_netlist_input(planner.ids.shape)
+        out_shape = tuple(self.output_shape(planner.ids.shape))
+        if following is not None and following.kind == "spike":
+            threshold = np.broadcast_to(following.threshold.astype(np.float64), out_shape)
+            if self.bias is not None:
+                axes = (slice(None),) + (None,) * (len(out_shape) - 1)
+                threshold = threshold - self.bias.astype(np.float64)[axes]
+            post = planner.add_population(following.name, "spiking", out_shape, index + 1,
+                                          threshold=threshold.astype(np.float32).reshape(-1))
+            taken = 2
+        elif self.kind == "dense" and following is None:
+            post, taken = planner.add_population(self.name, "readout", out_shape, index, bias=self.bias), 1
+        else:
+            what = "nothing" if following is None else f"'{following.name}' ({following.kind})"
+            raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) is followed by {what}: only a "
+                                        "Spike (or, for the last Dense, nothing: a readout) can follow a "
+                                        "weight layer in an explicit netlist")
+        weight = self.weight.astype(np.float32)
+        chunks, candidates, connectivity = self.netlist_synapses(planner, weight, post)
+        planner.project(post, chunks, candidates, float(np.abs(weight).max()) if weight.size else 0.0, True,
+                        connectivity)
+        return taken
+
+    def check_netlist_input(self, shape: tuple[int, ...]) -> None:
+        """``UnsupportedModelError`` when the tensor before the layer does not fit it."""
+
+    def netlist_synapses(self, planner, weight: np.ndarray, post) -> tuple:
+        """(a generator function of (pre ids, post ids, weights) chunks in post neuron order, an
+        upper bound on the synapses, the projection's connectivity descriptor) from the planner's
+        current tensor into ``post``."""
         raise NotImplementedError
 
     def scale_inputs(self, scale: float) -> None:

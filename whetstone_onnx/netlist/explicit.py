@@ -34,13 +34,6 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedModelError
 from ..network import Network
-from ..ops.activation import Spike
-from ..ops.conv import Conv2d
-from ..ops.decode import NHotDecode
-from ..ops.dense import Dense
-from ..ops.padding import window_cells
-from ..ops.pool import AvgPool2d, MaxPool2d, Pool2d
-from ..ops.shape import Reshape, Transpose
 
 FORMAT = "whetstone_onnx.netlist"
 VERSION = 1
@@ -62,7 +55,7 @@ _MAX_ID = np.iinfo(np.uint32).max
 
 
 @dataclass(eq=False)
-class _Population:
+class Population:
     name: str
     kind: str
     shape: tuple[int, ...]
@@ -85,10 +78,10 @@ class _Population:
 
 
 @dataclass(eq=False)
-class _Projection:
+class Projection:
     name: str
     pre: list[str]
-    post: _Population
+    post: Population
     chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]   # (pre ids, post ids, weights)
     candidates: int                   # upper bound on its synapses
     max_abs_weight: float
@@ -97,110 +90,77 @@ class _Projection:
 
 
 @dataclass
-class _Plan:
+class Plan:
     input_shape: tuple[int, ...]
-    populations: list[_Population]
-    projections: list[_Projection]
+    populations: list[Population]
+    projections: list[Projection]
     decode: dict
 
 
-def _plan(network: Network) -> _Plan:
-    input_shape = tuple(int(d) for d in network.input_shape)
-    populations: list[_Population] = []
-    projections: list[_Projection] = []
-    names: set[str] = set()
-    next_id = 0
+class NetlistPlanner:
+    """What an op family's ``to_netlist`` works with while the network is planned as a netlist:
+    the neuron ids of the current tensor (``ids``, in its shape), the population they belong to
+    (``source``) and how the tensor is viewed from it (``view``: the reshapes / transposes since)."""
 
-    def add_population(name, kind, shape, layer_index, threshold=None, bias=None) -> _Population:
-        nonlocal next_id
+    chunk_synapses = CHUNK_SYNAPSES    # candidate synapses an op family's chunk generator yields at most
+
+    def __init__(self, network: Network):
+        self.network = network
+        self.populations: list[Population] = []
+        self.projections: list[Projection] = []
+        self.decode: dict = {"kind": "argmax"}
+        self._names: set[str] = set()
+        self._next_id = 0
+        input_shape = tuple(int(d) for d in network.input_shape)
+        self.source = self.add_population("input", "input", input_shape, None)
+        self.ids = np.arange(self.source.count, dtype=np.int64).reshape(input_shape)
+        self.view: list[list] = []
+
+    def add_population(self, name: str, kind: str, shape, layer_index: int | None, threshold=None,
+                       bias=None) -> Population:
         unique, k = name, 1
-        while unique in names:
+        while unique in self._names:
             unique, k = f"{name}_{k}", k + 1
-        names.add(unique)
-        layer_name = None if layer_index is None else network.layers[layer_index].name
-        population = _Population(unique, kind, tuple(int(d) for d in shape), next_id, layer_index, layer_name,
-                                 threshold, bias)
-        next_id += population.count
-        populations.append(population)
+        self._names.add(unique)
+        layer_name = None if layer_index is None else self.network.layers[layer_index].name
+        population = Population(unique, kind, tuple(int(d) for d in shape), self._next_id, layer_index, layer_name,
+                                threshold, bias)
+        self._next_id += population.count
+        self.populations.append(population)
         return population
 
-    current = add_population("input", "input", input_shape, None)
-    ids = np.arange(current.count, dtype=np.int64).reshape(input_shape)
-    source = current            # the population the current tensor's values come from
-    view: list[list] = []       # the reshapes / transposes from source's shape to the current tensor
-    decode: dict = {"kind": "argmax"}
-    layers = network.layers
+    def project(self, post: Population, chunks, candidates: int, max_abs_weight: float, learned: bool,
+                connectivity: dict) -> None:
+        """Add the projection from the current tensor into ``post``, which becomes the current tensor."""
+        self.projections.append(Projection(post.name, [self.source.name], post, chunks, candidates, max_abs_weight,
+                                           learned, connectivity))
+        self.ids = np.arange(post.first_id, post.first_id + post.count, dtype=np.int64).reshape(post.shape)
+        self.source, self.view = post, []
+
+    def connectivity(self, kind: str, post: Population, **fields) -> dict:
+        """A projection's structure descriptor: the layer's kind and parameters, and how its input tensor is
+        viewed from the pre population (``pre_view``), so a reader can rebuild the compact weights."""
+        return {"kind": kind, "pre_view": [list(step) for step in self.view],
+                "input_shape": [int(d) for d in self.ids.shape], "output_shape": list(post.shape), **fields}
+
+    def reshape(self, shape: tuple[int, ...]) -> None:
+        self.ids = self.ids.reshape(shape)
+        # A reshape replaces a reshape before it: only the last target shape matters.
+        self.view = self.view[:-1] if self.view and self.view[-1][0] == "reshape" else self.view
+        self.view.append(["reshape", [int(d) for d in shape]])
+
+    def transpose(self, perm: tuple[int, ...]) -> None:
+        self.ids = self.ids.transpose(perm)
+        self.view.append(["transpose", [int(d) for d in perm]])
+
+
+def _plan(network: Network) -> Plan:
+    """Each layer adds its populations and projections (``Layer.to_netlist``, in the op families)."""
+    planner = NetlistPlanner(network)
     i = 0
-    while i < len(layers):
-        layer = layers[i]
-        following = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, Reshape):
-            if math.prod(layer.shape) != ids.size:
-                raise UnsupportedModelError(f"layer '{layer.name}' (reshape): {ids.shape} cannot become {layer.shape}")
-            ids = ids.reshape(layer.shape)
-            # A reshape replaces a reshape before it: only the last target shape matters.
-            view = view[:-1] if view and view[-1][0] == "reshape" else view
-            view.append(["reshape", [int(d) for d in layer.shape]])
-            i += 1
-        elif isinstance(layer, Transpose):
-            ids = ids.transpose(layer.perm)
-            view.append(["transpose", [int(d) for d in layer.perm]])
-            i += 1
-        elif isinstance(layer, (Dense, Conv2d)):
-            out_shape = tuple(layer.output_shape(ids.shape))
-            if isinstance(layer, Conv2d) and ids.ndim != 3:
-                raise UnsupportedModelError(f"layer '{layer.name}' (conv2d): expects a (C, H, W) input, "
-                                            f"got {ids.shape}")
-            if isinstance(layer, Dense) and layer.weight.shape[1] != ids.size:
-                raise UnsupportedModelError(f"layer '{layer.name}' (dense): {layer.weight.shape[1]} inputs, "
-                                            f"the tensor before it has {ids.size}")
-            if isinstance(following, Spike):
-                threshold = np.broadcast_to(following.threshold.astype(np.float64), out_shape)
-                if layer.bias is not None:
-                    # A bias is folded into the threshold, as to_step_network does.
-                    axes = (slice(None),) + (None,) * (len(out_shape) - 1)
-                    threshold = threshold - layer.bias.astype(np.float64)[axes]
-                post = add_population(following.name, "spiking", out_shape, i + 1,
-                                      threshold=threshold.astype(np.float32).reshape(-1))
-                step = 2
-            elif isinstance(layer, Dense) and following is None:
-                post = add_population(layer.name, "readout", out_shape, i, bias=layer.bias)
-                step = 1
-            else:
-                what = "nothing" if following is None else f"'{following.name}' ({following.kind})"
-                raise UnsupportedModelError(f"layer '{layer.name}' ({layer.kind}) is followed by {what}: only a "
-                                            "Spike (or, for the last Dense, nothing: a readout) can follow a "
-                                            "weight layer in an explicit netlist")
-            projections.append(_linear_projection(layer, source, ids, view, post))
-            ids = np.arange(post.first_id, post.first_id + post.count, dtype=np.int64).reshape(out_shape)
-            source, view = post, []
-            i += step
-        elif isinstance(layer, (MaxPool2d, AvgPool2d)):
-            if ids.ndim != 3:
-                raise UnsupportedModelError(f"layer '{layer.name}' ({layer.kind}): expects a (C, H, W) input, "
-                                            f"got {ids.shape}")
-            out_shape = tuple(layer.output_shape(ids.shape))
-            if isinstance(layer, MaxPool2d):
-                if source.kind not in ("spiking", "or"):
-                    raise UnsupportedModelError(f"layer '{layer.name}' (maxpool2d) pools {source.kind} values: "
-                                                "only max pooling of binary spikes (an OR) has a netlist form")
-                post = add_population(layer.name, "or", out_shape, i,
-                                      threshold=np.ones(math.prod(out_shape), np.float32))
-            else:
-                post = add_population(layer.name, "linear", out_shape, i)
-            projections.append(_pool_projection(layer, source, ids, view, post))
-            ids = np.arange(post.first_id, post.first_id + post.count, dtype=np.int64).reshape(out_shape)
-            source, view = post, []
-            i += 1
-        elif isinstance(layer, NHotDecode):
-            if following is not None or source.kind != "spiking" or layer.key.shape[1] != ids.size:
-                raise UnsupportedModelError(f"layer '{layer.name}' (nhot_decode): must be the last layer and "
-                                            "decode the spikes of a spiking layer as wide as its key")
-            decode = {"kind": "nhot", "key": layer.key.astype(np.int64).tolist(),
-                      "rule": "class = argmax over classes of (2 spikes - 1) . (2 key - 1), ties to the lowest"}
-            i += 1
-        else:
-            raise UnsupportedModelError(f"layer '{layer.name}' ({layer.kind}) has no explicit-netlist form")
+    while i < len(network.layers):
+        i += network.layers[i].to_netlist(planner, i)
+    source, ids, decode = planner.source, planner.ids, planner.decode
     if source.kind == "input":
         raise UnsupportedModelError("the network has no neuron layer to write as a netlist")
     if ids.size != source.count or not np.array_equal(np.sort(ids.reshape(-1)),
@@ -210,125 +170,12 @@ def _plan(network: Network) -> _Plan:
         decode["rule"] = ("class = argmax of the readout potentials" if source.kind == "readout"
                           else "class = argmax of the output population's values, ties to the lowest")
     decode = {"population": source.name, **decode}
-    if next_id > _MAX_ID:
-        raise UnsupportedModelError(f"the network has {next_id} neurons: more than 32-bit ids can address")
-    if len(populations) > np.iinfo(np.uint16).max:
-        raise UnsupportedModelError(f"{len(populations)} populations: more than the format's 16-bit index")
-    return _Plan(input_shape, populations, projections, decode)
-
-
-def _connectivity(kind: str, ids: np.ndarray, view: list[list], post: _Population, **fields) -> dict:
-    """A projection's structure descriptor: the layer's kind and parameters, and how its input tensor is
-    viewed from the pre population (``pre_view``), so a reader can rebuild the compact weights."""
-    return {"kind": kind, "pre_view": [list(step) for step in view], "input_shape": [int(d) for d in ids.shape],
-            "output_shape": list(post.shape), **fields}
-
-
-def _linear_projection(layer, source: _Population, ids: np.ndarray, view: list[list],
-                       post: _Population) -> _Projection:
-    weight = layer.weight.astype(np.float32)
-    max_abs = float(np.abs(weight).max()) if weight.size else 0.0
-    if isinstance(layer, Dense):
-        pre_ids = ids.reshape(-1)
-        out = weight.shape[0]
-
-        def chunks():
-            rows = max(1, CHUNK_SYNAPSES // max(1, len(pre_ids)))
-            for r0 in range(0, out, rows):
-                r1 = min(out, r0 + rows)
-                w = weight[r0:r1]
-                mask = w != 0
-                posts = np.broadcast_to((post.first_id + np.arange(r0, r1, dtype=np.int64))[:, None], w.shape)
-                yield np.broadcast_to(pre_ids[None, :], w.shape)[mask], posts[mask], w[mask]
-        return _Projection(post.name, [source.name], post, chunks, weight.size, max_abs, True,
-                           _connectivity("dense", ids, view, post))
-    connectivity = _connectivity("conv2d", ids, view, post, kernel_shape=list(weight.shape),
-                                 strides=list(layer.strides), pads=list(layer.pads),
-                                 dilations=list(layer.dilations), group=int(layer.group))
-    return _Projection(post.name, [source.name], post, _conv_chunks(layer, weight, ids, post),
-                       int(weight[0].size * post.count), max_abs, True, connectivity)
-
-
-def _conv_chunks(layer: Conv2d, weight: np.ndarray, ids: np.ndarray, post: _Population):
-    """Synapse chunks of a convolution: blocks of output channels (within one group) x output rows,
-    in post neuron order, each neuron's synapses in (input channel, kernel row, kernel column) order."""
-    out_ch, in_per_group, kh, kw = weight.shape
-    _, height, width = ids.shape
-    _, out_h, out_w = post.shape
-    top, left, _, _ = layer.pads
-    (sh, sw), (dh, dw) = layer.strides, layer.dilations
-    per_group = out_ch // layer.group
-    # Input coordinates of every (output row, kernel row) and (output column, kernel column).
-    in_rows, row_ok = window_cells(np.arange(out_h), sh, top, kh, dh, height)          # (out_h, kh)
-    in_cols, col_ok = window_cells(np.arange(out_w), sw, left, kw, dw, width)          # (out_w, kw)
-    per_position = in_per_group * kh * kw
-
-    def gather(in_channels, r0, r1):
-        """(rows, out_w, in_per_group, kh, kw): the pre id and whether it lies inside the input."""
-        pre = ids[in_channels[None, None, :, None, None], in_rows[r0:r1, None, None, :, None],
-                  in_cols[None, :, None, None, :]]
-        return pre, row_ok[r0:r1, None, None, :, None] & col_ok[None, :, None, None, :]
-
-    def chunks():
-        per_row = out_w * per_position
-        rows = max(1, min(out_h, CHUNK_SYNAPSES // max(1, per_row)))
-        channels = max(1, min(per_group, CHUNK_SYNAPSES // max(1, rows * per_row)))
-        row_blocks = [(r0, min(out_h, r0 + rows)) for r0 in range(0, out_h, rows)]
-        for g in range(layer.group):
-            in_channels = np.arange(g * in_per_group, (g + 1) * in_per_group)
-            # Channel blocks outside, row blocks inside: post ids ascend. One row block: gather it once.
-            whole = gather(in_channels, 0, out_h) if len(row_blocks) == 1 else None
-            for c0 in range(g * per_group, (g + 1) * per_group, channels):
-                c1 = min((g + 1) * per_group, c0 + channels)
-                for r0, r1 in row_blocks:
-                    pre, inside = whole or gather(in_channels, r0, r1)
-                    positions = (np.arange(r0, r1)[:, None] * out_w + np.arange(out_w)[None, :])  # (rows, out_w)
-                    w = weight[c0:c1]                                       # (n, in_per_group, kh, kw)
-                    shape = (c1 - c0, r1 - r0, out_w, in_per_group, kh, kw)
-                    mask = inside[None] & (w != 0)[:, None, None]
-                    posts = (post.first_id + np.arange(c0, c1, dtype=np.int64)[:, None, None] * (out_h * out_w)
-                             + positions[None])                              # (n, rows, out_w)
-                    yield (np.broadcast_to(pre[None], shape)[mask],
-                           np.broadcast_to(posts[..., None, None, None], shape)[mask],
-                           np.broadcast_to(w[:, None, None], shape)[mask])
-    return chunks
-
-
-def _pool_projection(layer: Pool2d, source: _Population, ids: np.ndarray, view: list[list],
-                     post: _Population) -> _Projection:
-    channels, height, width = ids.shape
-    _, out_h, out_w = post.shape
-    (kh, kw), (sh, sw) = layer.kernel, layer.strides
-    padding = layer._padding(height, width)
-    top, left, _, _ = padding
-    in_rows, row_ok = window_cells(np.arange(out_h), sh, top, kh, 1, height)
-    in_cols, col_ok = window_cells(np.arange(out_w), sw, left, kw, 1, width)
-    inside = row_ok[:, None, :, None] & col_ok[None, :, None, :]                      # (out_h, out_w, kh, kw)
-    if isinstance(layer, AvgPool2d):
-        weights = (1.0 / layer.counts(height, width)).astype(np.float32)               # (out_h, out_w)
-    else:
-        weights = np.ones((out_h, out_w), np.float32)
-    if not inside.reshape(out_h * out_w, -1).any(axis=1).all():
-        raise UnsupportedModelError(f"layer '{layer.name}' ({layer.kind}): a window lies wholly in the padding")
-    per_channel = out_h * out_w * kh * kw
-
-    def chunks():
-        step = max(1, CHUNK_SYNAPSES // per_channel)
-        for c0 in range(0, channels, step):
-            c1 = min(channels, c0 + step)
-            shape = (c1 - c0, out_h, out_w, kh, kw)
-            pre = ids[np.arange(c0, c1)[:, None, None, None, None], in_rows[None, :, None, :, None],
-                      in_cols[None, None, :, None, :]]
-            posts = post.first_id + np.arange(c0 * out_h * out_w, c1 * out_h * out_w, dtype=np.int64)
-            mask = np.broadcast_to(inside[None], shape)
-            yield (pre[mask], np.broadcast_to(posts.reshape(c1 - c0, out_h, out_w)[..., None, None], shape)[mask],
-                   np.broadcast_to(weights[None, :, :, None, None], shape)[mask])
-    connectivity = _connectivity(layer.kind, ids, view, post, kernel_shape=[kh, kw], strides=[sh, sw],
-                                 pads=[int(p) for p in padding])
-    if isinstance(layer, AvgPool2d):
-        connectivity["count_include_pad"] = bool(layer.count_include_pad)
-    return _Projection(post.name, [source.name], post, chunks, channels * per_channel, float(weights.max()), False,
-                       connectivity)
+    total = sum(population.count for population in planner.populations)
+    if total > _MAX_ID:
+        raise UnsupportedModelError(f"the network has {total} neurons: more than 32-bit ids can address")
+    if len(planner.populations) > np.iinfo(np.uint16).max:
+        raise UnsupportedModelError(f"{len(planner.populations)} populations: more than the format's 16-bit index")
+    return Plan(tuple(int(d) for d in network.input_shape), planner.populations, planner.projections, decode)
 
 
 # ---------------------------------------------------------------- stats

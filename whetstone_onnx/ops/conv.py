@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..network import LinearLayer, OnnxBuilder
+from .padding import window_cells
 from .registry import LiftContext, lifts
 
 
@@ -135,6 +136,58 @@ class Conv2d(LinearLayer):
         """Keras' (kh, kw, in, multiplier) layout: output channel o = i * multiplier + j reads input i."""
         out_ch, _, kh, kw = self.weight.shape
         return self.weight.reshape(self.group, out_ch // self.group, kh, kw).transpose(2, 3, 0, 1)
+
+    def check_netlist_input(self, shape) -> None:
+        if len(shape) != 3:
+            raise UnsupportedModelError(f"layer '{self.name}' (conv2d): expects a (C, H, W) input, got {shape}")
+
+    def netlist_synapses(self, planner, weight, post):
+        """Blocks of output channels (within one group) x output rows, in post neuron order, each
+        neuron's synapses in (input channel, kernel row, kernel column) order."""
+        ids = planner.ids
+        out_ch, in_per_group, kh, kw = weight.shape
+        _, height, width = ids.shape
+        _, out_h, out_w = post.shape
+        top, left, _, _ = self.pads
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        per_group = out_ch // self.group
+        # Input coordinates of every (output row, kernel row) and (output column, kernel column).
+        in_rows, row_ok = window_cells(np.arange(out_h), sh, top, kh, dh, height)          # (out_h, kh)
+        in_cols, col_ok = window_cells(np.arange(out_w), sw, left, kw, dw, width)          # (out_w, kw)
+        per_position = in_per_group * kh * kw
+
+        def gather(in_channels, r0, r1):
+            """(rows, out_w, in_per_group, kh, kw): the pre id and whether it lies inside the input."""
+            pre = ids[in_channels[None, None, :, None, None], in_rows[r0:r1, None, None, :, None],
+                      in_cols[None, :, None, None, :]]
+            return pre, row_ok[r0:r1, None, None, :, None] & col_ok[None, :, None, None, :]
+
+        def chunks():
+            per_row = out_w * per_position
+            rows = max(1, min(out_h, planner.chunk_synapses // max(1, per_row)))
+            channels = max(1, min(per_group, planner.chunk_synapses // max(1, rows * per_row)))
+            row_blocks = [(r0, min(out_h, r0 + rows)) for r0 in range(0, out_h, rows)]
+            for g in range(self.group):
+                in_channels = np.arange(g * in_per_group, (g + 1) * in_per_group)
+                # Channel blocks outside, row blocks inside: post ids ascend. One row block: gather it once.
+                whole = gather(in_channels, 0, out_h) if len(row_blocks) == 1 else None
+                for c0 in range(g * per_group, (g + 1) * per_group, channels):
+                    c1 = min((g + 1) * per_group, c0 + channels)
+                    for r0, r1 in row_blocks:
+                        pre, inside = whole or gather(in_channels, r0, r1)
+                        positions = (np.arange(r0, r1)[:, None] * out_w + np.arange(out_w)[None, :])  # (rows, out_w)
+                        w = weight[c0:c1]                                       # (n, in_per_group, kh, kw)
+                        shape = (c1 - c0, r1 - r0, out_w, in_per_group, kh, kw)
+                        mask = inside[None] & (w != 0)[:, None, None]
+                        posts = (post.first_id + np.arange(c0, c1, dtype=np.int64)[:, None, None] * (out_h * out_w)
+                                 + positions[None])                              # (n, rows, out_w)
+                        yield (np.broadcast_to(pre[None], shape)[mask],
+                               np.broadcast_to(posts[..., None, None, None], shape)[mask],
+                               np.broadcast_to(w[:, None, None], shape)[mask])
+        connectivity = planner.connectivity("conv2d", post, kernel_shape=list(weight.shape),
+                                            strides=list(self.strides), pads=list(self.pads),
+                                            dilations=list(self.dilations), group=int(self.group))
+        return chunks, int(weight[0].size * post.count), connectivity
 
     def absorbs_uniform_shift(self) -> bool:
         # Windows that overlap the zero padding see only part of the shift.

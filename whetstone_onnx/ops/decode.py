@@ -11,6 +11,7 @@ import numpy as np
 
 import onnx_ir as ir
 
+from ..errors import UnsupportedModelError
 from ..network import Layer, OnnxBuilder
 from ..passes.graph import const_array, data_input, follow_chain, scalar_operand
 from ..spiking_onnx import DOMAIN
@@ -47,6 +48,16 @@ class NHotDecode(Layer):
         from ..keras.layers import SoftmaxDecode
         builder.to_channels_first(self.name)
         builder.apply(SoftmaxDecode(self.key, name=builder.name(self.name)), owner=self)
+
+    def to_netlist(self, planner, index: int) -> int:
+        """No neurons: the header's decoding rule names the key."""
+        if index + 1 < len(planner.network.layers) or planner.source.kind != "spiking" \
+                or self.key.shape[1] != planner.ids.size:
+            raise UnsupportedModelError(f"layer '{self.name}' (nhot_decode): must be the last layer and "
+                                        "decode the spikes of a spiking layer as wide as its key")
+        planner.decode = {"kind": "nhot", "key": self.key.astype(np.int64).tolist(),
+                          "rule": "class = argmax over classes of (2 spikes - 1) . (2 key - 1), ties to the lowest"}
+        return 1
 
     def describe(self):
         return {**super().describe(), "classes": int(self.key.shape[0]), "code_width": int(self.key.shape[1]),

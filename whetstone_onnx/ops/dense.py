@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
 from ..network import LinearLayer, OnnxBuilder
 from .registry import LiftContext, lifts
 
@@ -40,6 +41,25 @@ class Dense(LinearLayer):
         weights = [self.weight.T] + ([self.bias] if self.bias is not None else [])
         builder.apply(keras.layers.Dense(self.out_channels, use_bias=self.bias is not None,
                                          name=builder.name(self.name)), owner=self, weights=weights)
+
+    def check_netlist_input(self, shape) -> None:
+        if self.weight.shape[1] != int(np.prod(shape)):
+            raise UnsupportedModelError(f"layer '{self.name}' (dense): {self.weight.shape[1]} inputs, "
+                                        f"the tensor before it has {int(np.prod(shape))}")
+
+    def netlist_synapses(self, planner, weight, post):
+        pre_ids = planner.ids.reshape(-1)
+        out = weight.shape[0]
+        rows = max(1, planner.chunk_synapses // max(1, len(pre_ids)))
+
+        def chunks():
+            for r0 in range(0, out, rows):
+                r1 = min(out, r0 + rows)
+                w = weight[r0:r1]
+                mask = w != 0
+                posts = np.broadcast_to((post.first_id + np.arange(r0, r1, dtype=np.int64))[:, None], w.shape)
+                yield np.broadcast_to(pre_ids[None, :], w.shape)[mask], posts[mask], w[mask]
+        return chunks, weight.size, planner.connectivity("dense", post)
 
     def scale_input_elements(self, scale) -> None:
         self.weight = (self.weight.astype(np.float64) * np.reshape(scale, (1, -1))).astype(np.float32)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..network import Layer, OnnxBuilder
+from .padding import window_cells
 from .registry import LiftContext, lifts
 
 REDUCE_LIMIT = 1 << 16      # input values pooled at a time by the NumPy reference (512 KiB of float64: measured best)
@@ -78,6 +79,42 @@ class Pool2d(Layer):
     def describe(self):
         return {**super().describe(), **self._attributes()}
 
+    def to_netlist(self, planner, index: int) -> int:
+        """A population fed by one synapse per window cell inside the input."""
+        ids = planner.ids
+        if ids.ndim != 3:
+            raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}): expects a (C, H, W) input, "
+                                        f"got {ids.shape}")
+        post = self.netlist_population(planner, index, tuple(self.output_shape(ids.shape)))
+        channels, height, width = ids.shape
+        _, out_h, out_w = post.shape
+        (kh, kw), (sh, sw) = self.kernel, self.strides
+        padding = self._padding(height, width)
+        top, left, _, _ = padding
+        in_rows, row_ok = window_cells(np.arange(out_h), sh, top, kh, 1, height)
+        in_cols, col_ok = window_cells(np.arange(out_w), sw, left, kw, 1, width)
+        inside = row_ok[:, None, :, None] & col_ok[None, :, None, :]                      # (out_h, out_w, kh, kw)
+        weights = self.window_weights(height, width, out_h, out_w)                     # (out_h, out_w)
+        if not inside.reshape(out_h * out_w, -1).any(axis=1).all():
+            raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}): a window lies wholly in the padding")
+        per_channel = out_h * out_w * kh * kw
+
+        def chunks():
+            step = max(1, planner.chunk_synapses // per_channel)
+            for c0 in range(0, channels, step):
+                c1 = min(channels, c0 + step)
+                shape = (c1 - c0, out_h, out_w, kh, kw)
+                pre = ids[np.arange(c0, c1)[:, None, None, None, None], in_rows[None, :, None, :, None],
+                          in_cols[None, None, :, None, :]]
+                posts = post.first_id + np.arange(c0 * out_h * out_w, c1 * out_h * out_w, dtype=np.int64)
+                mask = np.broadcast_to(inside[None], shape)
+                posts = np.broadcast_to(posts.reshape(c1 - c0, out_h, out_w)[..., None, None], shape)
+                yield pre[mask], posts[mask], np.broadcast_to(weights[None, :, :, None, None], shape)[mask]
+        connectivity = planner.connectivity(self.kind, post, kernel_shape=[kh, kw], strides=[sh, sw],
+                                            pads=[int(p) for p in padding], **self.netlist_fields())
+        planner.project(post, chunks, channels * per_channel, float(weights.max()), False, connectivity)
+        return 1
+
 
 @dataclass(eq=False)
 class MaxPool2d(Pool2d):
@@ -110,6 +147,20 @@ class MaxPool2d(Pool2d):
     def emit(self, builder: OnnxBuilder, x: str) -> str:
         return builder.node("MaxPool", [x], self.name, name=self.name, **self._attributes())
 
+    def netlist_population(self, planner, index: int, out_shape: tuple[int, ...]):
+        """On binary spikes max pooling is an OR: a unit firing on any of its inputs."""
+        if planner.source.kind not in ("spiking", "or"):
+            raise UnsupportedModelError(f"layer '{self.name}' (maxpool2d) pools {planner.source.kind} values: "
+                                        "only max pooling of binary spikes (an OR) has a netlist form")
+        return planner.add_population(self.name, "or", out_shape, index,
+                                      threshold=np.ones(math.prod(out_shape), np.float32))
+
+    def window_weights(self, height: int, width: int, out_h: int, out_w: int) -> np.ndarray:
+        return np.ones((out_h, out_w), np.float32)
+
+    def netlist_fields(self) -> dict:
+        return {}
+
 
 @dataclass(eq=False)
 class AvgPool2d(Pool2d):
@@ -136,6 +187,15 @@ class AvgPool2d(Pool2d):
             out_h, out_w = self.output_shape((1, height, width))[1:]
             return counted._reduce(ones, 0.0, np.add)[0, 0, :out_h, :out_w]
         return self._reduce(ones, 0.0, np.add)[0, 0]
+
+    def netlist_population(self, planner, index: int, out_shape: tuple[int, ...]):
+        return planner.add_population(self.name, "linear", out_shape, index)
+
+    def window_weights(self, height: int, width: int, out_h: int, out_w: int) -> np.ndarray:
+        return (1.0 / self.counts(height, width)).astype(np.float32)
+
+    def netlist_fields(self) -> dict:
+        return {"count_include_pad": bool(self.count_include_pad)}
 
     def to_nir(self, builder, input_shape) -> None:
         import nir

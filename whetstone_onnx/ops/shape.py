@@ -2,6 +2,7 @@
 Unsqueeze, which are reshapes) and Transpose, all per sample."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,14 @@ class Reshape(Layer):
         builder.to_channels_first(self.name)
         builder.apply(keras.layers.Reshape(self.shape, name=builder.name(self.name)))
 
+    def to_netlist(self, planner, index: int) -> int:
+        """No neurons: the next projection reads the same ones in the new shape."""
+        if math.prod(self.shape) != planner.ids.size:
+            raise UnsupportedModelError(f"layer '{self.name}' (reshape): {planner.ids.shape} cannot become "
+                                        f"{self.shape}")
+        planner.reshape(self.shape)
+        return 1
+
     def describe(self):
         return {**super().describe(), "shape": list(self.shape)}
 
@@ -78,6 +87,10 @@ class Transpose(Layer):
         import keras
         builder.to_channels_first(self.name)
         builder.apply(keras.layers.Permute(tuple(p + 1 for p in self.perm), name=builder.name(self.name)))
+
+    def to_netlist(self, planner, index: int) -> int:
+        planner.transpose(self.perm)
+        return 1
 
     def describe(self):
         return {**super().describe(), "perm": list(self.perm)}
