@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import onnx
@@ -59,6 +59,13 @@ class Layer:
     """Base of every layer: per-sample shapes, NumPy forward, ONNX emission."""
 
     kind: ClassVar[str] = "layer"
+    # Traits the network passes read (set True by the families that have them):
+    # only moves values around: a batch norm folds across it into the next linear layer
+    rearranges: ClassVar[bool] = False
+    # commutes with every non-decreasing elementwise activation: act(layer(x)) == layer(act(x))
+    commutes_with_activations: ClassVar[bool] = False
+    # positively homogeneous: layer(k x) == k layer(x) for k > 0, so a uniform scale passes through
+    scale_transparent: ClassVar[bool] = False
     name: str
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -222,15 +229,15 @@ class Network:
     def index_of(self, layer: Layer) -> int:
         return next(i for i, candidate in enumerate(self.layers) if candidate is layer)
 
-    def neighbour(self, index: int, step: int, kinds: tuple[type, ...], *, through: tuple[type, ...]):
-        """The nearest layer of ``kinds`` from ``index`` in direction ``step``,
-        crossing only layers of ``through``; None if another layer is in the way."""
+    def neighbour(self, index: int, step: int, kinds: tuple[type, ...], *, through: Callable[[Layer], bool]):
+        """The nearest layer of ``kinds`` from ``index`` in direction ``step``, crossing only
+        layers for which ``through`` holds; None if another layer is in the way."""
         i = index + step
         while 0 <= i < len(self.layers):
             layer = self.layers[i]
             if isinstance(layer, kinds):
                 return layer
-            if not isinstance(layer, through):
+            if not through(layer):
                 return None
             i += step
         return None

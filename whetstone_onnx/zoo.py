@@ -201,7 +201,8 @@ def convert_defaults() -> dict:
     """The convert options a manifest may set, with their defaults: ``data`` and every
     ``ConvertOptions`` field but ``progress`` and ``model_dir`` (a manifest's models are
     files, read from their own folders)."""
-    return {"data": None, **{f.name: f.default for f in fields(ConvertOptions) if f.name not in ("progress", "model_dir")}}
+    return {"data": None, **{f.name: f.default for f in fields(ConvertOptions)
+                             if f.name not in ("progress", "model_dir")}}
 
 
 def normalise_options(given: dict, where: str | Path) -> dict:

@@ -119,6 +119,8 @@ class Pool2d(Layer):
 @dataclass(eq=False)
 class MaxPool2d(Pool2d):
     kind = "maxpool2d"
+    commutes_with_activations = True
+    scale_transparent = True
 
     def forward(self, x):
         return self._reduce(x, -np.inf, np.maximum)
@@ -167,6 +169,7 @@ class AvgPool2d(Pool2d):
     count_include_pad: bool = False
 
     kind = "avgpool2d"
+    scale_transparent = True
 
     def forward(self, x):
         return self._reduce(x, 0.0, np.add) / self.counts(*x.shape[2:])

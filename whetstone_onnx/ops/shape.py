@@ -18,6 +18,7 @@ class Reshape(Layer):
     shape: tuple[int, ...]      # per-sample target shape
 
     kind = "reshape"
+    rearranges = commutes_with_activations = scale_transparent = True
 
     def output_shape(self, input_shape):
         return self.shape
@@ -64,6 +65,7 @@ class Transpose(Layer):
     perm: tuple[int, ...]       # per-sample permutation of axes
 
     kind = "transpose"
+    rearranges = commutes_with_activations = scale_transparent = True
 
     def output_shape(self, input_shape):
         return tuple(input_shape[p] for p in self.perm)

@@ -5,15 +5,10 @@ from ..errors import UnsupportedModelError
 from ..network import LinearLayer, Network
 from ..ops.activation import Activation, Sharpenable
 from ..ops.batchnorm import BatchNorm
-from ..ops.pool import AvgPool2d, MaxPool2d
-from ..ops.shape import Reshape, Transpose
+from ..ops.pool import AvgPool2d
 from ..spiking_onnx import SHARPNESS_EPSILON, SIGMOID_GAIN
 from .spiking import check_batchnorm_folds, sink_batchnorms
 
-# Layers an elementwise monotone activation commutes with.
-COMMUTING_LAYERS = (MaxPool2d, Reshape, Transpose)
-# Layers a uniform scale x -> k x passes through unchanged (positively homogeneous ones).
-SCALE_TRANSPARENT_LAYERS = (*COMMUTING_LAYERS, AvgPool2d)
 # Activations no Whetstone unit reproduces: a bounded ReLU stands in, scaled from data as Relu's.
 APPROXIMATED_OPS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Softplus", "HardSwish", "Mish", "Gelu", "GeluTanh", "Silu")
 # The sources whose units calibrate_scales scales: unbounded above, about the identity for large inputs.
@@ -34,7 +29,7 @@ def activations_before_pooling(network: Network) -> int:
     for i in range(len(layers)):
         j = i
         while isinstance(layers[j], (Activation, Sharpenable)) and j > 0 \
-                and isinstance(layers[j - 1], COMMUTING_LAYERS):
+                and layers[j - 1].commutes_with_activations:
             layers[j - 1], layers[j] = layers[j], layers[j - 1]
             j, count = j - 1, count + 1
     return count + sink_batchnorms(network)
@@ -44,7 +39,7 @@ def compensate_output_scale(network: Network, index: int, factor: float) -> None
     """The layer at ``index`` now outputs its former values divided by ``factor``: the
     next layer that can takes the factor back, exactly (a Dense / Conv in its weights,
     a batch norm in its statistics)."""
-    following = network.neighbour(index, +1, (LinearLayer, BatchNorm), through=SCALE_TRANSPARENT_LAYERS)
+    following = network.neighbour(index, +1, (LinearLayer, BatchNorm), through=lambda layer: layer.scale_transparent)
     if following is not None:
         following.scale_inputs(factor)
 
@@ -120,6 +115,6 @@ def _output_affine_target(network: Network, index: int) -> tuple[LinearLayer | N
                           "would miss part of tanh's shift")
         if isinstance(layer, AvgPool2d) and layer.count_include_pad and any(layer.pads):
             return None, f"'{layer.name}' averages over zero padding, which would miss part of tanh's shift"
-        if not isinstance(layer, SCALE_TRANSPARENT_LAYERS):
+        if not layer.scale_transparent:
             return None, f"'{layer.name}' ({layer.kind}) stands between it and the next Dense or Conv"
     return None, "no Dense or Conv follows it to take tanh's shift"

@@ -25,9 +25,6 @@ from ..ops.activation import Sharpenable, Spike
 from ..ops.batchnorm import BatchNorm
 from ..ops.conv import Conv2d
 from ..ops.pool import MaxPool2d
-from ..ops.shape import Reshape, Transpose
-
-LAYOUT_LAYERS = (Reshape, Transpose)     # what may stand between a batch norm and the layer it folds into
 
 
 def to_step_network(network: Network) -> int:
@@ -88,7 +85,7 @@ def check_batchnorm_folds(network: Network) -> None:
         if not np.all(channels == channels[:, :1, :1]):
             raise UnsupportedModelError(f"batch norm '{bn.name}' cannot be folded into '{target.name}' (conv2d): "
                                         "its channels do not stay the convolution's input channels")
-        following = network.neighbour(network.index_of(target), +1, (Sharpenable, Spike), through=())
+        following = network.neighbour(network.index_of(target), +1, (Sharpenable, Spike), through=lambda layer: False)
         if any(target.pads) and following is None:
             raise UnsupportedModelError(f"batch norm '{bn.name}' before the zero-padded '{target.name}' (conv2d) "
                                         "folds into per-neuron thresholds, but no spiking layer follows it")
@@ -101,7 +98,7 @@ def fold_target(network: Network, index: int, maps: list[np.ndarray]) -> tuple[L
     for layer in network.layers[index + 1:]:
         if isinstance(layer, LinearLayer):
             return layer, maps
-        if not isinstance(layer, LAYOUT_LAYERS):
+        if not layer.rearranges:
             raise UnsupportedModelError(
                 f"batch norm '{bn.name}' is followed by '{layer.name}' ({layer.kind}) before any Dense or Conv "
                 "layer, so it cannot be folded into the spiking network: only reshapes, transposes and (when "
