@@ -94,6 +94,10 @@ class Layer:
     def from_keras(self, keras_layer) -> None:
         """Take what training changed in the Keras layer ``to_keras`` made (nothing, by default)."""
 
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """Multiply-accumulates per inference of the float layer (the weight layers have any)."""
+        return 0
+
     def to_netlist(self, planner, index: int) -> int:
         """Add this layer (``index`` in the network) to an explicit netlist through a
         ``netlist.explicit.NetlistPlanner``; return how many layers it took."""

@@ -54,9 +54,7 @@ from threadpoolctl import threadpool_limits
 
 from .errors import InputError
 from .network import Network
-from .ops.conv import Conv2d
 from .ops.decode import nhot_scores
-from .ops.dense import Dense
 from .ops.padding import window_cells
 
 TIE_TOLERANCE = 1e-9
@@ -817,10 +815,6 @@ def macs(network: Network) -> int:
     """Multiply-accumulates of the float model per inference (Dense and Conv2d layers)."""
     total, shape = 0, tuple(network.input_shape)
     for layer in network.layers:
-        out = layer.output_shape(shape)
-        if isinstance(layer, Dense):
-            total += int(layer.weight.shape[0] * layer.weight.shape[1])
-        elif isinstance(layer, Conv2d):
-            total += int(math.prod(out) * layer.weight[0].size)
-        shape = out
+        total += layer.macs(shape)
+        shape = layer.output_shape(shape)
     return total

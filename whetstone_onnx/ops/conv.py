@@ -137,6 +137,9 @@ class Conv2d(LinearLayer):
         out_ch, _, kh, kw = self.weight.shape
         return self.weight.reshape(self.group, out_ch // self.group, kh, kw).transpose(2, 3, 0, 1)
 
+    def macs(self, input_shape) -> int:
+        return int(np.prod(self.output_shape(input_shape)) * self.weight[0].size)
+
     def check_netlist_input(self, shape) -> None:
         if len(shape) != 3:
             raise UnsupportedModelError(f"layer '{self.name}' (conv2d): expects a (C, H, W) input, got {shape}")

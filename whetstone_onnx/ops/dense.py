@@ -42,6 +42,9 @@ class Dense(LinearLayer):
         builder.apply(keras.layers.Dense(self.out_channels, use_bias=self.bias is not None,
                                          name=builder.name(self.name)), owner=self, weights=weights)
 
+    def macs(self, input_shape) -> int:
+        return int(self.weight.size)
+
     def check_netlist_input(self, shape) -> None:
         if self.weight.shape[1] != int(np.prod(shape)):
             raise UnsupportedModelError(f"layer '{self.name}' (dense): {self.weight.shape[1]} inputs, "
