@@ -157,3 +157,32 @@ def test_pytorch_unflatten_before_a_convolution_converts(tmp_path):
     assert [row["kind"] for row in api.inspect(tmp_path / "m.onnx").layers][:2] == ["reshape", "conv2d"]
     result = api.convert(tmp_path / "m.onnx", data="digits", finetune=False, netlist=False, accept_loss=True)
     assert result.passed and result.report["equivalence"]["float"]["relative_diff"] < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pytorch_zero_padding_folds_into_the_convolution_and_average_pooling(tmp_path):
+    """nn.ZeroPad2d exports as a Pad whose pads PyTorch 2.13 computes with ConstantOfShape-20, which
+    the version converter cannot take to opset 18 until those constants are folded; the Pad then
+    folds into the Conv (or the AveragePool that counts padding) reading it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.ZeroPad2d((1, 1, 2, 2)), torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+                                torch.nn.ZeroPad2d(1), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 8, 10)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(tmp_path / "pad.onnx"), dynamo=False,
+                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    assert "Pad" in {node.op_type for node in onnx.load(tmp_path / "pad.onnx").graph.node}
+    result = api.convert(tmp_path / "pad.onnx", data="digits", finetune=False, accept_loss=True)
+    assert result.report["passes"]["onnx"]["fold_zero_padding"] == 2 and result.passed
+    assert [layer.pads for layer in result.spiking_network.layers if layer.kind == "conv2d"] == [
+        (2, 1, 2, 1), (1, 1, 1, 1)]
+    pooled = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.ZeroPad2d(1),
+                                 torch.nn.AvgPool2d(2, count_include_pad=True), torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 4 * 4, 10)).eval()
+    torch.onnx.export(pooled, (torch.zeros(1, 1, 8, 8),), str(tmp_path / "pool.onnx"), dynamo=False,
+                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    result = api.convert(tmp_path / "pool.onnx", data="digits", finetune=False, accept_loss=True, netlist=False)
+    assert result.report["passes"]["onnx"]["fold_zero_padding"] == 1 and result.passed
+    reflect = torch.nn.Sequential(torch.nn.ReflectionPad2d(1), torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+                                  torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10)).eval()
+    torch.onnx.export(reflect, (torch.zeros(1, 1, 8, 8),), str(tmp_path / "reflect.onnx"), dynamo=False)
+    assert [op for op, _ in api.inspect(tmp_path / "reflect.onnx").unsupported] == ["Pad"]

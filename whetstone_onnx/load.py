@@ -12,6 +12,7 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import onnx
+import onnx.reference
 import onnx.version_converter
 from onnx import external_data_helper
 from google.protobuf.message import DecodeError
@@ -79,7 +80,7 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
     _expand_gelu(proto)
     if original_opset != PINNED_OPSET:
         try:
-            proto = onnx.version_converter.convert_version(proto, PINNED_OPSET)
+            proto = _convert_version(proto, original_opset)
         except Exception as exc:  # the converter raises bare RuntimeErrors/ValueErrors
             newer = _ops_newer_than_pinned(proto)
             if newer:
@@ -195,6 +196,63 @@ def _tensors(proto: onnx.ModelProto):
     yield from of_graph(proto.graph)
     for function in proto.functions:
         yield from of_nodes(function.node)
+
+
+def _convert_version(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``proto`` at PINNED_OPSET. The converter has no down-adapter for some ops that exporters
+    only use on constants (PyTorch 2.13 computes ZeroPad2d's pads with ConstantOfShape-20):
+    if it fails, the nodes computed from constants alone are folded first and it tries again."""
+    try:
+        return onnx.version_converter.convert_version(proto, PINNED_OPSET)
+    except Exception:  # the converter raises bare RuntimeErrors/ValueErrors
+        if not _fold_constant_nodes(proto, opset):
+            raise
+        return onnx.version_converter.convert_version(proto, PINNED_OPSET)
+
+
+def _fold_constant_nodes(proto: onnx.ModelProto, opset: int) -> int:
+    """Replace every node whose inputs are all constants by initializers of its outputs; the count."""
+    graph = proto.graph
+    known = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    kept, folded = [], 0
+    for node in graph.node:
+        inputs = list(node.input)
+        if node.domain not in ("", "ai.onnx") or node.op_type.startswith("Random") \
+                or not all(name == "" or name in known for name in inputs):
+            kept.append(node)
+            continue
+        outputs = evaluate_node(node, [known[name] if name else None for name in inputs], opset)
+        known.update(zip(node.output, outputs))
+        folded += 1
+    if not folded:
+        return 0
+    needed = {name for node in kept for name in node.input} | {output.name for output in graph.output}
+    initializers = {init.name for init in graph.initializer}
+    graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(known[name]), name)
+                             for name in sorted(needed & set(known) - initializers))
+    del graph.node[:]
+    graph.node.extend(kept)
+    return folded
+
+
+def evaluate_node(node: onnx.NodeProto, arrays: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """Run one node on the given inputs (None: an omitted optional input) with onnx's reference evaluator."""
+    input_names = [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)]
+    output_names = [f"out{i}" for i in range(len(node.output))]
+    proto = onnx.NodeProto()
+    proto.CopyFrom(node)
+    proto.ClearField("input")
+    proto.input.extend(input_names)
+    proto.ClearField("output")
+    proto.output.extend(output_names)
+    graph = onnx.helper.make_graph(
+        [proto], "fold",
+        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in zip(input_names, arrays) if a is not None],
+        [onnx.helper.make_empty_tensor_value_info(n) for n in output_names])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    feeds = {n: a for n, a in zip(input_names, arrays) if a is not None}
+    return list(onnx.reference.ReferenceEvaluator(model).run(None, feeds))
 
 
 def _expand_gelu(proto: onnx.ModelProto) -> None:

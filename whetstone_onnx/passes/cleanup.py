@@ -6,13 +6,10 @@ rewrites it made (the report lists the counts).
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnx.reference
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-from onnx import helper
 
-from ..load import PINNED_OPSET
+from ..load import PINNED_OPSET, evaluate_node
 from .graph import add_initializer, bypass, const_array, static_shape
 
 PASS_THROUGH_OPS = ("Identity", "Dropout")
@@ -120,18 +117,4 @@ def _known_outputs(node: ir.Node) -> list[np.ndarray] | None:
 
 def _evaluate(node: ir.Node, arrays: list[np.ndarray | None]) -> list[np.ndarray]:
     """Run one node with onnx's reference evaluator."""
-    input_names = [f"in{i}" if a is not None else "" for i, a in enumerate(arrays)]
-    output_names = [f"out{i}" for i in range(len(node.outputs))]
-    proto = ir.serde.serialize_node(node)
-    proto.ClearField("input")
-    proto.input.extend(input_names)
-    proto.ClearField("output")
-    proto.output.extend(output_names)
-    graph = helper.make_graph(
-        [proto], "fold",
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in zip(input_names, arrays) if a is not None],
-        [helper.make_empty_tensor_value_info(n) for n in output_names])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", PINNED_OPSET)])
-    feeds = {n: a for n, a in zip(input_names, arrays) if a is not None}
-    return list(onnx.reference.ReferenceEvaluator(model).run(None, feeds))
+    return evaluate_node(ir.serde.serialize_node(node), arrays, PINNED_OPSET)

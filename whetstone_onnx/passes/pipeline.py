@@ -18,6 +18,7 @@ from .cleanup import PASS_THROUGH_OPS, fold_constants, lift_constants, pin_batch
 from .layout import fold_layout_transpose, move_transposes
 from .linear import canonicalise_linear
 from .output import OUTPUT_NORMALISERS, remove_output_softmax
+from .padding import fold_zero_padding
 from .pointwise import recognise_pointwise_activations
 from .recognise import recognise_whetstone_layers
 
@@ -27,6 +28,7 @@ ONNX_PASSES: list[tuple[str, Callable[[ir.Model], int]]] = [
     ("pin_batch", pin_batch),
     ("fold_constants", fold_constants),
     ("remove_dead_nodes", remove_dead_nodes),
+    ("fold_zero_padding", fold_zero_padding),
     # Before the output softmax goes (a Softmax_Decode ends with one) and before the
     # scale/shift folds would take the recognised chains apart.
     ("recognise_whetstone_layers", recognise_whetstone_layers),
