@@ -24,7 +24,7 @@ from whetstone_onnx.ops.decode import NHotDecode
 from whetstone_onnx.ops.dense import Dense
 from whetstone_onnx.ops.pool import AvgPool2d, MaxPool2d
 from whetstone_onnx.ops.shape import Reshape, Transpose
-from whetstone_onnx.sim import compile_netlist, macs, simulate_netlist
+from whetstone_onnx.sim import compile_netlist, simulate_netlist
 
 CASES = [("digits_dense.onnx", None, "nhot"), ("digits_conv.onnx", None, "nhot"),
          ("torchstyle_digits_conv.onnx", (0.5, 0.5), "nhot"), ("digits_dense.onnx", None, "readout"),
@@ -182,7 +182,7 @@ def test_stats_of_a_hand_checked_dense_network(tmp_path):
     simulated = simulate_netlist(read_netlist(tmp_path), x)
     # Sample 0: input nonzero 0, 1 (fan-out 2 + 1); s1 = [1, 0] (fan-out 2).  Sample 1: input 2 (1); s1 = [1, 0] (2).
     assert simulated.synops == pytest.approx(((3 + 2) + (1 + 2)) / 2)
-    assert macs(network) == 6 + 6
+    assert network.macs() == 6 + 6
 
 
 def test_weight_quantization(converted, digits, tmp_path):

@@ -136,7 +136,7 @@ def throughput(network: Network, out_dir: Path, x: np.ndarray, repeat: int) -> d
     from whetstone_onnx.netlist.explicit import read_netlist
     from whetstone_onnx.netlist.nir_export import to_nir
     from whetstone_onnx.netlist.nir_sim import simulate
-    from whetstone_onnx.sim import compile_netlist, macs, simulate_netlist
+    from whetstone_onnx.sim import compile_netlist, simulate_netlist
     netlist = read_netlist(out_dir)
     compile_s, steps = _best_seconds(lambda: compile_netlist(netlist), 1)
     model = to_onnx(network, graph_name="s")
@@ -154,7 +154,7 @@ def throughput(network: Network, out_dir: Path, x: np.ndarray, repeat: int) -> d
     graph = to_nir(network)
     nir_s, _ = _best_seconds(lambda: simulate(graph, x), repeat)
     agree = float(np.mean(onnx_out.reshape(len(x), -1).argmax(1) == simulated.classes))
-    model_macs = macs(network)
+    model_macs = network.macs()
     return {"samples": len(x), "compile_s": compile_s, "fast_steps": sum(s.fallback is None for s in steps),
             "steps": len(steps), "sim_images_per_s": len(x) / sim_s, "sim_all_images_per_s": len(x) / sim_all_s,
             "nir_images_per_s": len(x) / nir_s, "onnxruntime_images_per_s": len(x) / ort_s,

@@ -329,12 +329,12 @@ def _explicit_netlist(spiking: Network, spiking_model: onnx.ModelProto, director
     """Write the explicit netlist into ``directory``, check and measure it: (report entry, check or None)."""
     from .netlist.explicit import read_netlist, write_netlist
     from .netlist.hardware import check_hardware
-    from .sim import macs, simulate_netlist
+    from .sim import simulate_netlist
 
     stats = write_netlist(spiking, directory, weight_bits=weight_bits)
     netlist = read_netlist(directory)
     simulated = simulate_netlist(netlist, test, keep_outputs=False)
-    operations = macs(spiking)
+    operations = spiking.macs()
     entry = {"explicit": {"files": list(NETLIST_FILES), "weight_bits": weight_bits, "stats": stats.to_dict()},
              "synops_per_inference": simulated.synops, "macs_per_inference": operations,
              "synops_per_mac": simulated.synops / operations if operations else None,

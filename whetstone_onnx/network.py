@@ -230,6 +230,14 @@ class Network:
             return [np.concatenate(o) for o in outputs]
         return np.concatenate(outputs[-1])
 
+    def macs(self) -> int:
+        """Multiply-accumulates of the float model per inference (its Dense and Conv2d layers)."""
+        total, shape = 0, tuple(self.input_shape)
+        for layer in self.layers:
+            total += layer.macs(shape)
+            shape = layer.output_shape(shape)
+        return total
+
     def index_of(self, layer: Layer) -> int:
         return next(i for i, candidate in enumerate(self.layers) if candidate is layer)
 

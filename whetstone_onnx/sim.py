@@ -53,7 +53,6 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from .errors import InputError
-from .network import Network
 from .ops.decode import nhot_scores
 from .ops.padding import window_cells
 
@@ -809,12 +808,3 @@ class _Run:
             self.near[name] += count
         for name, count in spikes.items():
             self.spikes[name] += count
-
-
-def macs(network: Network) -> int:
-    """Multiply-accumulates of the float model per inference (Dense and Conv2d layers)."""
-    total, shape = 0, tuple(network.input_shape)
-    for layer in network.layers:
-        total += layer.macs(shape)
-        shape = layer.output_shape(shape)
-    return total
