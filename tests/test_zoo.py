@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import MODELS
 
+import whetstone_onnx
 from whetstone_onnx import api, zoo
 from whetstone_onnx.errors import InputError
 
@@ -198,7 +199,7 @@ def test_resume_redoes_a_model_whose_options_changed(tmp_path):
     out = tmp_path / "out"
     api.convert_zoo(write_manifest(tmp_path, text.replace("SEED", "0")), out)
     stored = json.loads((out / "mnist_dense" / "zoo.json").read_text())["key"]
-    assert stored["options"]["seed"] == 0 and stored["version"] == api.zoo.__version__
+    assert stored["options"]["seed"] == 0 and stored["version"] == whetstone_onnx.__version__
     result = api.convert_zoo(write_manifest(tmp_path, text.replace("SEED", "1")), out, resume=True)
     assert [(record["name"], record["resumed"]) for record in result.models] == [("mnist_dense", False),
                                                                                  ("digits_lstm", True)]

@@ -66,7 +66,7 @@ from whetstone_onnx.data import Dataset, fit_to_input, load_dataset  # noqa: E40
 
 SUITE = REPO / "models" / "suite"
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
-# Data specs as the manifest writes them: relative to models/suite/ (zoo.py resolves them so).
+# Data specs as the manifest writes them: relative to models/suite/ (the zoo's manifest reader resolves them so).
 MNIST_SPEC_MANIFEST = "mnist:../../../shared/data/mnist"
 SEED = 0
 MAX_BYTES = 1536 * 1024          # 1.5 MB per file

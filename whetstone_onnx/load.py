@@ -82,6 +82,9 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
         try:
             proto = _convert_version(proto, original_opset)
         except Exception as exc:  # the converter raises bare RuntimeErrors/ValueErrors
+            if "bad_alloc" in str(exc):       # C++ out of memory: not the model's fault
+                raise MemoryError(f"{source}: out of memory converting opset {original_opset} to {PINNED_OPSET}") \
+                    from None
             newer = _ops_newer_than_pinned(proto)
             if newer:
                 raise UnsupportedModelError.for_ops(source, newer, f"no opset-{PINNED_OPSET} form to convert them "

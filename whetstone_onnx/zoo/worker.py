@@ -1,6 +1,6 @@
-"""The process that converts one model of a zoo batch (``python -m whetstone_onnx.zoo_worker REQUEST``).
+"""The process that converts one model of a zoo batch (``python -m whetstone_onnx.zoo.worker REQUEST``).
 
-``zoo.run_job`` starts it with a JSON request (model path relative to the working
+``zoo.jobs.run_job`` starts it with a JSON request (model path relative to the working
 directory, output directory, normalised options, memory limit, the parent's pid) and reads the one
 JSON answer it writes to ``result_file``: ``{"status", "error"}``. Anything that
 kills it (a crash, the memory limit, the timeout) leaves no answer, which is how
@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .errors import UnsupportedModelError, WhetstoneError
+from ..errors import UnsupportedModelError, WhetstoneError
 
 PARENT_POLL_S = 0.2     # where there is no PR_SET_PDEATHSIG
 PR_SET_PDEATHSIG = 1    # <linux/prctl.h>
@@ -41,8 +41,8 @@ def main(argv: list[str]) -> int:
 def convert(request: dict) -> dict:
     """Run api.convert; every way it can end cleanly becomes a status and a one-line error."""
     try:
-        from . import api     # imported here, under the memory limit: importing is part of the conversion
-        from .zoo import convert_arguments
+        from .. import api    # imported here, under the memory limit: importing is part of the conversion
+        from .manifest import convert_arguments
 
         converted = api.convert(request["model"], request["out_dir"], **convert_arguments(request["options"]))
     except UnsupportedModelError as exc:
@@ -64,7 +64,7 @@ def convert(request: dict) -> dict:
     if not converted.passed:
         return {"status": "failed", "error": f"{request['model']}: equivalence check failed (see report.json)"}
     if not converted.accuracy_ok:
-        from .report import guard_message
+        from ..report import guard_message
         return {"status": "accuracy_loss", "error": guard_message(request["model"], converted.report["accuracy_guard"])}
     return {"status": "ok", "error": None}
 
