@@ -54,8 +54,10 @@ def torch_export(folder: Path, kind: str, data=None, *, dynamo: bool) -> Path:
 
 def keras_model(kind: str, data=None):
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()     # the same weights in every process
     L = keras.layers
     if kind == "mlp":
         layers = [keras.Input((8, 8)), L.Flatten(), L.Dense(48), L.BatchNormalization(), L.ReLU(), L.Dense(10)]
