@@ -24,7 +24,7 @@ from whetstone_onnx.ops.decode import NHotDecode
 from whetstone_onnx.ops.dense import Dense
 from whetstone_onnx.ops.pool import AvgPool2d, MaxPool2d
 from whetstone_onnx.ops.shape import Reshape, Transpose
-from whetstone_onnx.sim import compile_netlist, simulate_netlist
+from whetstone_onnx.netlist.sim import compile_netlist, simulate_netlist
 
 CASES = [("digits_dense.onnx", None, "nhot"), ("digits_conv.onnx", None, "nhot"),
          ("torchstyle_digits_conv.onnx", (0.5, 0.5), "nhot"), ("digits_dense.onnx", None, "readout"),

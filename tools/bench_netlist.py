@@ -5,7 +5,7 @@ and a synthetic spiking conv net of > 10 million synapses built directly as a
 ``Network``. Each export runs in a fresh subprocess so its peak resident memory
 (``ru_maxrss``) is its own; the baseline after imports and building the network is
 reported beside it (peak = VmHWM of the child's own image). Then the reference simulator's throughput on the
-written netlist (``whetstone_onnx.sim``: keeping only the output population, and keeping every population's
+written netlist (``whetstone_onnx.netlist.sim``: keeping only the output population, and keeping every population's
 spikes) and the NIR simulator's on the network's NIR graph are compared with onnxruntime on the same step
 network emitted as ONNX, all measured in this run (best of ``--repeat`` runs each), on all cores and, for
 the reference simulator and onnxruntime, on one thread each; and SynOps (synaptic events actually
@@ -136,7 +136,7 @@ def throughput(network: Network, out_dir: Path, x: np.ndarray, repeat: int) -> d
     from whetstone_onnx.netlist.explicit import read_netlist
     from whetstone_onnx.netlist.nir_export import to_nir
     from whetstone_onnx.netlist.nir_sim import simulate
-    from whetstone_onnx.sim import compile_netlist, simulate_netlist
+    from whetstone_onnx.netlist.sim import compile_netlist, simulate_netlist
     netlist = read_netlist(out_dir)
     compile_s, steps = _best_seconds(lambda: compile_netlist(netlist), 1)
     model = to_onnx(network, graph_name="s")

@@ -196,7 +196,7 @@ def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NetlistCh
 
 def check_netlist(spiking_model: onnx.ModelProto, netlist, x: np.ndarray) -> NetlistCheck:
     """Each explicit-netlist population simulated from onnxruntime's input to it, against onnxruntime."""
-    from .sim import TIE_TOLERANCE, simulate_netlist
+    from .netlist.sim import TIE_TOLERANCE, simulate_netlist
 
     layers = {node.name for node in spiking_model.graph.node}
     compared = [p for p in netlist.populations if p["kind"] in ("spiking", "or") and p.get("layer_name") in layers]

@@ -329,7 +329,7 @@ def _explicit_netlist(spiking: Network, spiking_model: onnx.ModelProto, director
     """Write the explicit netlist into ``directory``, check and measure it: (report entry, check or None)."""
     from .netlist.explicit import read_netlist, write_netlist
     from .netlist.hardware import check_hardware
-    from .sim import simulate_netlist
+    from .netlist.sim import simulate_netlist
 
     stats = write_netlist(spiking, directory, weight_bits=weight_bits)
     netlist = read_netlist(directory)

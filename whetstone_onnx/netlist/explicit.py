@@ -1,7 +1,7 @@
 """The explicit neuron/synapse netlist of a step network (format version 1).
 
 Every neuron and every synapse is written out, so a neuromorphic mapper (or the
-reference simulator in ``whetstone_onnx.sim``) needs nothing but these files:
+reference simulator in ``whetstone_onnx.netlist.sim``) needs nothing but these files:
 
   netlist.json          header: populations, projections, output decoding, stats
   netlist.neurons.bin   one (population u2, index u4, threshold f4) record per neuron, in id order

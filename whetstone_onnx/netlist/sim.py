@@ -52,9 +52,9 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from .errors import InputError
-from .ops.decode import nhot_scores
-from .ops.padding import window_cells
+from ..errors import InputError
+from ..ops.decode import nhot_scores
+from ..ops.padding import window_cells
 
 TIE_TOLERANCE = 1e-9
 COMPUTE_DTYPE = np.float32      # the fast path's sums for spiking populations (see above)
