@@ -149,6 +149,12 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
                              calibration_percentile=calibration_percentile, progress=progress, netlist=netlist,
                              nir_profile=nir_profile, nir_dt=nir_dt, weight_bits=weight_bits, hardware=hardware,
                              max_loss=max_loss, accept_loss=accept_loss, model_dir=model_dir, output_name=output_name)
+    return convert_with_options(model, out_dir, data=data, options=options)
+
+
+def convert_with_options(model: ModelInput, out_dir: str | Path | None = None, *,
+                         data: str | Dataset | None = None, options: ConvertOptions) -> ConversionResult:
+    """``convert`` with its options as one ``ConvertOptions`` (what the CLI builds from its flags)."""
     options.validate()
     out = None if out_dir is None else Path(out_dir)
     c = conversion.Conversion(model, data, options, out_dir=out)

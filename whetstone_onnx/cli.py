@@ -234,19 +234,19 @@ def _convert(args) -> int:
     if given and (args.data is None or args.no_finetune):
         raise WhetstoneError(f"{', '.join(given)}: fine-tuning options, but "
                              + ("no --data was given to fine-tune on" if args.data is None else "--no-finetune was given"))
-    options = FinetuneOptions(effort=args.effort, epochs=args.epochs, sharpener=args.sharpener,
-                              optimizer=args.optimizer, learning_rate=args.learning_rate,
-                              batch_size=args.batch_size, seed=args.seed, straight_through_epochs=args.ste_epochs,
-                              batchnorm=args.batchnorm, shift=args.shift, distillation=args.distill,
-                              validation=args.validation, patience=args.patience)
-    result = api.convert(args.model, args.out, data=args.data, normalize=args.normalize, output=args.output,
-                         key_width=args.key_width, seed=args.seed,
-                         finetune=False if args.no_finetune else options,
-                         calibration_percentile=args.percentile, progress=not getattr(args, "quiet", False),
-                         netlist=not args.no_netlist,
-                         nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
-                         hardware=args.hardware, max_loss=args.max_loss, accept_loss=args.accept_loss,
-                         output_name=args.output_name)
+    recipe = FinetuneOptions(effort=args.effort, epochs=args.epochs, sharpener=args.sharpener,
+                             optimizer=args.optimizer, learning_rate=args.learning_rate,
+                             batch_size=args.batch_size, seed=args.seed, straight_through_epochs=args.ste_epochs,
+                             batchnorm=args.batchnorm, shift=args.shift, distillation=args.distill,
+                             validation=args.validation, patience=args.patience)
+    options = api.ConvertOptions(normalize=args.normalize, output=args.output, key_width=args.key_width,
+                                 seed=args.seed, finetune=False if args.no_finetune else recipe,
+                                 calibration_percentile=args.percentile,
+                                 progress=not getattr(args, "quiet", False), netlist=not args.no_netlist,
+                                 nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
+                                 hardware=args.hardware, max_loss=args.max_loss, accept_loss=args.accept_loss,
+                                 output_name=args.output_name)
+    result = api.convert_with_options(args.model, args.out, data=args.data, options=options)
     print(result.summary())
     netlist_files = ["model.nir", *api.NETLIST_FILES] if not args.no_netlist else []
     written = ["sharpenable.onnx", "spiking.onnx", *netlist_files, "report.json"] + \

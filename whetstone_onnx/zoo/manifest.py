@@ -197,8 +197,10 @@ def _normalise_finetune(value: bool | dict, seed: int) -> dict | bool:
     return asdict(options)
 
 
-def convert_arguments(options: dict) -> dict:
-    """Normalised manifest options -> api.convert's keyword arguments."""
+def convert_arguments(options: dict) -> tuple[str | None, ConvertOptions]:
+    """Normalised manifest options -> (the data spec, the ConvertOptions) ``api.convert_with_options`` takes."""
     finetune = options["finetune"]
-    return {**options, "normalize": tuple(options["normalize"]) if options["normalize"] else None,
-            "finetune": FinetuneOptions(**finetune) if finetune else False}
+    fields_given = {key: value for key, value in options.items() if key != "data"}
+    return options["data"], ConvertOptions(**{
+        **fields_given, "normalize": tuple(options["normalize"]) if options["normalize"] else None,
+        "finetune": FinetuneOptions(**finetune) if finetune else False})

@@ -44,7 +44,8 @@ def convert(request: dict) -> dict:
         from .. import api    # imported here, under the memory limit: importing is part of the conversion
         from .manifest import convert_arguments
 
-        converted = api.convert(request["model"], request["out_dir"], **convert_arguments(request["options"]))
+        data, options = convert_arguments(request["options"])
+        converted = api.convert_with_options(request["model"], request["out_dir"], data=data, options=options)
     except UnsupportedModelError as exc:
         return {"status": "unsupported", "error": exc.message}
     except WhetstoneError as exc:
