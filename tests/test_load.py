@@ -186,3 +186,30 @@ def test_pytorch_zero_padding_folds_into_the_convolution_and_average_pooling(tmp
                                   torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10)).eval()
     torch.onnx.export(reflect, (torch.zeros(1, 1, 8, 8),), str(tmp_path / "reflect.onnx"), dynamo=False)
     assert [op for op, _ in api.inspect(tmp_path / "reflect.onnx").unsupported] == ["Pad"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_network_without_a_nir_form_is_refused_before_any_training(tmp_path, monkeypatch):
+    """Asymmetric zero padding folds into the Conv, which NIR cannot express: the conversion stops
+    at the netlist_forms stage, before fine-tuning (which would otherwise run for minutes first)."""
+    from whetstone_onnx import conversion
+    from whetstone_onnx.errors import UnsupportedModelError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.ZeroPad2d((1, 2, 0, 1)), torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 7 * 9, 10)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(tmp_path / "m.onnx"), dynamo=False,
+                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    stages = [name for name, _ in conversion.STAGES]
+    assert stages.index("netlist_forms") < stages.index("finetune")
+
+    def no_training(c):
+        raise AssertionError("fine-tuning started")
+    monkeypatch.setattr(conversion, "STAGES", [(name, no_training if name == "finetune" else stage)
+                                               for name, stage in conversion.STAGES])
+    with pytest.raises(UnsupportedModelError, match="NIR Conv2d has symmetric padding only"):
+        api.convert(tmp_path / "m.onnx", tmp_path / "out", data="digits")
+    assert not (tmp_path / "out" / "report.json").exists()
+    monkeypatch.undo()
+    result = api.convert(tmp_path / "m.onnx", data="digits", finetune=False, netlist=False, accept_loss=True)
+    assert result.passed and "netlist_forms" not in result.report["timings_s"]

@@ -1,6 +1,7 @@
 """The conversion pipeline: a short list of named stages over one typed state.
 
-    load -> passes -> float_check -> sharpen -> finetune -> emit -> netlist -> spike_check -> accuracy
+    load -> passes -> float_check -> sharpen -> netlist_forms -> finetune -> emit -> netlist
+         -> spike_check -> accuracy
 
 Each stage reads what earlier stages put in the ``Conversion`` and adds its own
 results; ``run`` times each one. Nothing here writes to the user's output folder
@@ -182,6 +183,19 @@ def sharpen(c: Conversion) -> None:
     c.start_agreement = check.class_agreement(c.loaded.model, c.initial_model, c.test)
 
 
+def netlist_forms(c: Conversion) -> None:
+    """Before any training: the network must have the netlist forms asked for, or the conversion
+    stops now rather than after fine-tuning (the layers' kinds, pads and order are what decide,
+    and training changes none of them)."""
+    if not c.options.netlist:
+        return
+    from .netlist.explicit import plan_netlist
+
+    step_network = emit_trained(c.sharpenable, c.doc)[1]
+    to_nir(step_network, profile=c.options.nir_profile, dt=c.options.nir_dt)
+    plan_netlist(step_network)
+
+
 def finetune(c: Conversion) -> None:
     options = c.options
     c.finetune_report = {"requested": bool(options.finetune), "performed": False}
@@ -239,8 +253,8 @@ def accuracy(c: Conversion) -> None:
 
 STAGES: list[tuple[str, Callable[[Conversion], None]]] = [
     ("load", load), ("passes", passes), ("float_check", float_check), ("sharpen", sharpen),
-    ("finetune", finetune), ("emit", emit), ("netlist", netlist), ("spike_check", spike_check),
-    ("accuracy", accuracy),
+    ("netlist_forms", netlist_forms), ("finetune", finetune), ("emit", emit), ("netlist", netlist),
+    ("spike_check", spike_check), ("accuracy", accuracy),
 ]
 
 
@@ -256,8 +270,8 @@ def run(conversion: Conversion) -> Conversion:
 
 
 def _did_work(stage: str, c: Conversion) -> bool:
-    return {"finetune": c.tuned is not None, "netlist": c.nir_graph is not None,
-            "accuracy": c.accuracy is not None}.get(stage, True)
+    return {"netlist_forms": c.options.netlist, "finetune": c.tuned is not None,
+            "netlist": c.nir_graph is not None, "accuracy": c.accuracy is not None}.get(stage, True)
 
 
 # ----------------------------------------------------------------------------- shared with inspect

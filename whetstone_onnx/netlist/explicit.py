@@ -154,7 +154,7 @@ class NetlistPlanner:
         self.view.append(["transpose", [int(d) for d in perm]])
 
 
-def _plan(network: Network) -> Plan:
+def plan_netlist(network: Network) -> Plan:
     """Each layer adds its populations and projections (``Layer.to_netlist``, in the op families)."""
     planner = NetlistPlanner(network)
     i = 0
@@ -247,7 +247,7 @@ def write_netlist(network: Network, out_dir: Path | str, *, weight_bits: int | N
     """
     if weight_bits is not None and (not isinstance(weight_bits, (int, np.integer)) or not 2 <= weight_bits <= 24):
         raise InputError(f"weight_bits {weight_bits!r}: must be an integer from 2 to 24")
-    plan = _plan(network)
+    plan = plan_netlist(network)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = sum(p.count for p in plan.populations)
