@@ -18,6 +18,8 @@ from onnx import external_data_helper
 from google.protobuf.message import DecodeError
 
 from .errors import InputError, UnsupportedModelError
+from .network import OnnxBuilder
+from .ops.activation import Activation
 
 PINNED_OPSET = 18
 # IR version 8 is what onnx 1.13 wrote for opset 18: old enough for every
@@ -259,49 +261,25 @@ def evaluate_node(node: onnx.NodeProto, arrays: list[np.ndarray | None], opset: 
 
 
 def _expand_gelu(proto: onnx.ModelProto) -> None:
-    """Gelu (opset 20, what PyTorch's default exporter writes for nn.GELU) as the formula
-    that opset 18 can express, which passes/pointwise.py then recognises as GELU."""
+    """Gelu (opset 20, what PyTorch's default exporter writes for nn.GELU) as the formula that
+    opset 18 can express (the activation family's own emission), which passes/pointwise.py then
+    recognises as GELU."""
     graph = proto.graph
     if not any(node.op_type == "Gelu" and node.domain in ("", "ai.onnx") for node in graph.node):
         return
-    taken = {v for node in graph.node for v in (*node.input, *node.output)} | {i.name for i in graph.initializer}
-
-    def fresh(name: str) -> str:
-        candidate, k = name, 1
-        while candidate in taken:
-            candidate, k = f"{name}_{k}", k + 1
-        taken.add(candidate)
-        return candidate
-
-    def constant(name: str, value: float) -> str:
-        name = fresh(name)
-        graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.float32), name))
-        return name
-
+    builder = OnnxBuilder(reserved={v for node in graph.node for v in (*node.input, *node.output)}
+                          | {init.name for init in graph.initializer})
     nodes = []
     for node in graph.node:
         if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
             nodes.append(node)
             continue
-        x, y = node.input[0], node.output[0]
-
-        def step(op_type: str, inputs: list[str], suffix: str, output: str | None = None) -> str:
-            output = output or fresh(f"{node.name}/{suffix}")
-            nodes.append(onnx.helper.make_node(op_type, inputs, [output], name=f"{node.name}/{suffix}"))
-            return output
-
         tanh_form = any(a.name == "approximate" and a.s == b"tanh" for a in node.attribute)
-        if tanh_form:
-            cube = step("Mul", [step("Pow", [x, constant("gelu.three", 3.0)], "Pow"),
-                                constant("gelu.c", 0.044715)], "Mul_cubic")
-            inner = step("Mul", [step("Add", [x, cube], "Add_inner"), constant("gelu.k", np.sqrt(2 / np.pi))],
-                         "Mul_inner")
-            gate = step("Tanh", [inner], "Tanh")
-        else:
-            gate = step("Erf", [step("Div", [x, constant("gelu.sqrt2", np.sqrt(2.0))], "Div")], "Erf")
-        half = step("Mul", [step("Add", [gate, constant("gelu.one", 1.0)], "Add"),
-                            constant("gelu.half", 0.5)], "Mul_half")
-        step("Mul", [x, half], "Mul", output=y)
+        start = len(builder.nodes)
+        Activation(node.name, "GeluTanh" if tanh_form else "Gelu").emit(builder, node.input[0])
+        builder.nodes[-1].output[0] = node.output[0]
+        nodes.extend(builder.nodes[start:])
+    graph.initializer.extend(builder.initializers)
     del graph.node[:]
     graph.node.extend(nodes)
 

@@ -24,11 +24,12 @@ from .spiking_onnx import DOMAIN
 class OnnxBuilder:
     """Collects nodes, initializers and custom ops while a network is emitted as ONNX."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: set[str] = frozenset()) -> None:
+        """``reserved``: value names already taken (the graph the nodes will join)."""
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.custom_ops: set[str] = set()
-        self._names: set[str] = set()        # values and initializers
+        self._names: set[str] = set(reserved)   # values and initializers
         self._node_names: set[str] = set()
 
     def unique(self, name: str, taken: set[str] | None = None) -> str:
