@@ -20,11 +20,58 @@ EPOCHS = 15
 def torch_model(kind: str):
     import torch.nn as nn
 
+    if kind in GRAPH_KINDS:
+        return GRAPH_KINDS[kind]()
     if kind == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 10))
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(16 * 2 * 2, 10))
+
+
+def _torch_graph_modules():
+    """PyTorch modules of the branching kinds, sized for 8 x 8 digits (MNIST's in tools/bench_graphs.py)."""
+    import torch
+    import torch.nn as nn
+
+    def conv_bn(c_in, c_out, kernel=3, stride=1):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out))
+
+    class Residual(nn.Module):
+        """Two 3x3 conv + batch norm layers and a shortcut: the identity, or a strided 1x1 projection."""
+
+        def __init__(self, c_in, c_out, stride=1):
+            super().__init__()
+            self.body = nn.Sequential(conv_bn(c_in, c_out, 3, stride), nn.ReLU(), conv_bn(c_out, c_out))
+            self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else conv_bn(c_in, c_out, 1, stride)
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    class Inception(nn.Module):
+        """1x1, 3x3 and 5x5 convolution branches (with ReLU) concatenated over channels."""
+
+        def __init__(self, c_in, c_branch):
+            super().__init__()
+            self.branches = nn.ModuleList(nn.Sequential(nn.Conv2d(c_in, c_branch, k, padding=k // 2), nn.ReLU())
+                                          for k in (1, 3, 5))
+
+        def forward(self, x):
+            return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+    def resnet(width=8, classes=10, spatial=8):
+        return nn.Sequential(conv_bn(1, width), nn.ReLU(), Residual(width, width), Residual(width, 2 * width, 2),
+                             nn.Flatten(), nn.Linear(2 * width * (spatial // 2) ** 2, classes))
+
+    def inception(width=8, classes=10, spatial=8):
+        return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), Inception(width, width), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(3 * width * (spatial // 2) ** 2, classes))
+
+    return {"resnet": resnet, "inception": inception}
+
+
+GRAPH_KINDS = {"resnet": lambda: _torch_graph_modules()["resnet"](),
+               "inception": lambda: _torch_graph_modules()["inception"]()}
 
 
 def torch_export(folder: Path, kind: str, data=None, *, dynamo: bool) -> Path:

@@ -116,17 +116,22 @@ def check_spiking(network: Network, x: np.ndarray) -> SpikeCheck:
     names = [o.name for o in model.graph.output]
     ort_layers = [outputs[n] for n in names[1:]] + [outputs[names[0]]]
     result = SpikeCheck(len(x), TIE_MARGIN)
-    ort_in, ref_in = x.astype(np.float64), x.astype(np.float64)
-    for layer, ort_out in zip(network.layers, ort_layers):
-        # A spike layer gets the reference's own potential; every other layer
-        # gets onnxruntime's input, so each neuron group is checked on its own.
-        ref_out = layer.forward(ref_in if isinstance(layer, Spike) else ort_in)
+
+    def compare(layer, index: int, inputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """``inputs``: (onnxruntime's, the reference's) value of each tensor the layer reads.
+        A spike layer gets the reference's own potential; every other layer gets
+        onnxruntime's inputs, so each neuron group is checked on its own."""
+        ort_in, ref_in = [ort for ort, _ in inputs], [ref for _, ref in inputs]
+        ort_out = ort_layers[index]
+        ref_out = layer.forward(*(ref_in if isinstance(layer, Spike) else ort_in))
         if isinstance(layer, Spike):
-            result.layers.append(_compare_spikes(layer, ort_in, ref_in, ort_out, ref_out))
-        ort_in, ref_in = ort_out.astype(np.float64), ref_out
+            result.layers.append(_compare_spikes(layer, ort_in[0], ref_in[0], ort_out, ref_out))
+        return ort_out.astype(np.float64), ref_out
+
+    _, last = network.walk(compare, (x.astype(np.float64), x.astype(np.float64)))[0]
     # With no spike mismatch anywhere, every layer's input was the same 0/1 values in both,
     # so the last reference output already is the free-running one; otherwise rerun it.
-    reference = ref_in if not any(layer.mismatches for layer in result.layers) else network.forward(x)
+    reference = last if not any(layer.mismatches for layer in result.layers) else network.forward(x)
     result.free_running_class_agreement = float(np.mean(
         reference.reshape(len(x), -1).argmax(1) == ort_layers[-1].reshape(len(x), -1).argmax(1)))
     return result

@@ -221,7 +221,9 @@ def _inspect(args) -> int:
                 role = f"  [{row['role']}]" if "role" in row else ""
                 if "approximated" in row:
                     role += f"  approximates {row['replaces']}"
-                print(f"  {row['name']:<28} {row['kind']:<12} {row['input_shape']} -> {row['output_shape']}{role}")
+                shapes = row["input_shape"] if "input_shape" in row else " + ".join(map(str, row["input_shapes"]))
+                reads = f"  (reads {', '.join(row['inputs'])})" if "inputs" in row else ""
+                print(f"  {row['name']:<28} {row['kind']:<12} {shapes} -> {row['output_shape']}{role}{reads}")
     if not result.supported:
         raise UnsupportedModelError(result.error())
     return 0

@@ -22,12 +22,10 @@ def to_onnx(network: Network, *, graph_name: str, doc: str = "",
     (after the model output, in layer order), which is how the checks look inside."""
     builder = OnnxBuilder()
     builder.unique(network.input_name)
-    value, names = network.input_name, []
-    for layer in network.layers:
-        value = layer.emit(builder, value)
-        names.append(value)
-    # The last layer's output takes the model's output name.
-    builder.nodes[-1].output[0] = names[-1] = network.output_name
+    names = network.walk(lambda layer, i, values: layer.emit(builder, *values), network.input_name, keep_all=True)
+    # The last layer's output takes the model's output name (its last node writes it).
+    last = next(node for node in reversed(builder.nodes) if node.output[0] == names[-1])
+    last.output[0] = names[-1] = network.output_name
     shapes = network.shapes()
     outputs = [helper.make_tensor_value_info(network.output_name, TensorProto.FLOAT, [BATCH, *shapes[-1]])]
     if expose_layers:

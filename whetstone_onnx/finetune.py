@@ -467,7 +467,9 @@ def _batchnorm_stats(network: Network, x: np.ndarray, which: str = "all"
     layers = network.layers
     for i, layer in enumerate(layers[:-1]):
         feeds_code = i + 2 < len(layers) and isinstance(layers[i + 2], NHotDecode)   # the output code layer
-        if isinstance(layer, kinds) and isinstance(layers[i + 1], Sharpenable) and not feeds_code:
+        following = network.follower(i)
+        if isinstance(layer, kinds) and following is not None and isinstance(layers[following], Sharpenable) \
+                and not feeds_code:
             out = outputs[i]
             axes = (0, 2, 3) if out.ndim == 4 else (0,)
             stats[id(layer)] = (out.mean(axis=axes), out.var(axis=axes))

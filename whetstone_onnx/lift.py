@@ -1,7 +1,8 @@
 """Lifting: the canonical ONNX graph (after the ONNX passes) becomes a Network.
 
-The graph must be one chain from the data input to the output; every node on
-it is handed to the lifter its op family registered.
+Every node on the way from the data input to the output is handed to the
+lifter its op family registered; branches and merges (Add, Concat) become
+``Network.links``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from .passes.graph import static_shape
 
 
 def lift(model: ir.Model) -> Network:
+    """Each node, in the graph's (topological) order, becomes the layer its op family lifts; a node
+    that reads other values than the previous node's output is recorded in ``Network.links``."""
     graph = model.graph
     data, output = graph.inputs[0], graph.outputs[0]
     if data.dtype != ir.DataType.FLOAT:
@@ -22,30 +25,34 @@ def lift(model: ir.Model) -> Network:
     if shape is None or not shape:
         raise UnsupportedModelError(f"input '{data.name}' has no static per-sample shape")
     network = Network(input_name=data.name, input_shape=shape[1:], output_name=output.name)
-    names: set[str] = set()
-    value, visited = data, 0
-    while not value.is_graph_output():
-        readers = value.consumers()
-        if len(readers) != 1:
-            raise UnsupportedModelError(
-                f"'{value.name}' is read by {len(readers)} nodes; only sequential networks are supported")
-        node = readers[0]
+    names: set[str] = {data.name}
+    produced_by = {data.name: data.name}        # value name -> the layer (or input) that computes it
+    for node in graph:
         lifter = lifter_for(node)
         if lifter is None:
             raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}) could not be folded into a "
                                         "supported layer")
-        if node.inputs[0] is not value:
-            raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}) reads the data as input "
-                                        f"{[v.name if v else '' for v in node.inputs].index(value.name)}, "
-                                        "not as its first input")
+        reads = [value for value in node.inputs if value is not None and value.name in produced_by]
+        if not reads:
+            raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}) reads none of the network's data")
         layer = lifter(node, LiftContext(node))
+        if not layer.merges and (len(reads) > 1 or node.inputs[0] is not reads[0]):
+            names_read = [v.name if v else '' for v in node.inputs]
+            raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}) reads the data as input "
+                                        f"{names_read.index(reads[-1].name)}, not as its first and only input")
         layer.name = _unique_name(node.name or f"{layer.kind}_{len(network.layers)}", names)
+        sources = tuple(produced_by[value.name] for value in reads)
+        previous = network.layers[-1].name if network.layers else data.name
+        if sources != (previous,):
+            network.links[layer.name] = sources
         network.layers.append(layer)
-        value, visited = node.outputs[0], visited + 1
-    if visited != graph.num_nodes():
-        stray = [n for n in graph if n.outputs[0] is not None][visited:]
-        raise UnsupportedModelError(f"{graph.num_nodes() - visited} node(s) off the main chain, e.g. "
-                                    f"'{stray[0].name}' ({stray[0].op_type}); only sequential networks are supported")
+        produced_by[node.outputs[0].name] = layer.name
+    if not network.layers or produced_by.get(output.name) != network.layers[-1].name:
+        raise UnsupportedModelError(f"the output '{output.name}' is not computed by the graph's last node")
+    unread = [layer for i, layer in enumerate(network.layers[:-1]) if not network.consumers(i)]
+    if unread:
+        raise UnsupportedModelError(f"{len(unread)} node(s) compute values the output does not depend on, e.g. "
+                                    f"'{unread[0].name}' ({unread[0].kind})")
     return network
 
 

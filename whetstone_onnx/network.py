@@ -67,6 +67,11 @@ class Layer:
     commutes_with_activations: ClassVar[bool] = False
     # positively homogeneous: layer(k x) == k layer(x) for k > 0, so a uniform scale passes through
     scale_transparent: ClassVar[bool] = False
+    # reads several tensors (Add, Concat): ``output_shape``, ``forward`` and ``emit`` take one per input
+    merges: ClassVar[bool] = False
+    # outputs weighted sums plus a per-channel bias (Dense, Conv, Add): the potentials of the units
+    # after it, which take its bias as their threshold (``bias_or_zero``, ``scale_outputs``)
+    weighted_sum: ClassVar[bool] = False
     name: str
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -99,9 +104,10 @@ class Layer:
         """Multiply-accumulates per inference of the float layer (the weight layers have any)."""
         return 0
 
-    def to_netlist(self, planner, index: int) -> int:
+    def to_netlist(self, planner, index: int) -> None:
         """Add this layer (``index`` in the network) to an explicit netlist through a
-        ``netlist.explicit.NetlistPlanner``; return how many layers it took."""
+        ``netlist.explicit.NetlistPlanner``, whose current tensor is the layer's input (a merging
+        layer is given its inputs' planner states after ``index``)."""
         raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) has no explicit-netlist form")
 
 
@@ -110,6 +116,7 @@ class LinearLayer(Layer):
 
     weight: np.ndarray
     bias: np.ndarray | None
+    weighted_sum = True
 
     @property
     def out_channels(self) -> int:
@@ -129,11 +136,17 @@ class LinearLayer(Layer):
         """Take the trained weights of the Keras layer ``to_keras`` made."""
         raise NotImplementedError
 
-    def to_netlist(self, planner, index: int) -> int:
+    def to_netlist(self, planner, index: int) -> None:
         """A population fed by this layer's synapses: the Spike after it (whose thresholds take the
-        bias, as ``to_step_network`` does), or for the last Dense a readout; it takes both layers."""
-        layers = planner.network.layers
-        following = layers[index + 1] if index + 1 < len(layers) else None
+        bias, as ``to_step_network`` does), or for the last Dense a readout; it takes both layers.
+        Before an Add, the layer is left for the Add to project (``NetlistPlanner.defer``)."""
+        network = planner.network
+        reader = network.only_reader(index)
+        if reader is not None and network.layers[reader].merges:
+            planner.defer(self)
+            return
+        position = network.follower(index)
+        following = network.layers[position] if position is not None else None
         self.check_netlist_input(planner.ids.shape)
         out_shape = tuple(self.output_shape(planner.ids.shape))
         if following is not None and following.kind == "spike":
@@ -141,13 +154,14 @@ class LinearLayer(Layer):
             if self.bias is not None:
                 axes = (slice(None),) + (None,) * (len(out_shape) - 1)
                 threshold = threshold - self.bias.astype(np.float64)[axes]
-            post = planner.add_population(following.name, "spiking", out_shape, index + 1,
+            post = planner.add_population(following.name, "spiking", out_shape, position,
                                           threshold=threshold.astype(np.float32).reshape(-1))
-            taken = 2
-        elif self.kind == "dense" and following is None:
-            post, taken = planner.add_population(self.name, "readout", out_shape, index, bias=self.bias), 1
+            planner.absorb(position)
+        elif self.kind == "dense" and index == len(network.layers) - 1:
+            post = planner.add_population(self.name, "readout", out_shape, index, bias=self.bias)
         else:
-            what = "nothing" if following is None else f"'{following.name}' ({following.kind})"
+            what = "nothing" if index == len(network.layers) - 1 else \
+                "several layers" if following is None else f"'{following.name}' ({following.kind})"
             raise UnsupportedModelError(f"layer '{self.name}' ({self.kind}) is followed by {what}: only a "
                                         "Spike (or, for the last Dense, nothing: a readout) can follow a "
                                         "weight layer in an explicit netlist")
@@ -155,7 +169,6 @@ class LinearLayer(Layer):
         chunks, candidates, connectivity = self.netlist_synapses(planner, weight, post)
         planner.project(post, chunks, candidates, float(np.abs(weight).max()) if weight.size else 0.0, True,
                         connectivity)
-        return taken
 
     def check_netlist_input(self, shape: tuple[int, ...]) -> None:
         """``UnsupportedModelError`` when the tensor before the layer does not fit it."""
@@ -199,58 +212,154 @@ class LinearLayer(Layer):
 
 @dataclass
 class Network:
-    """A sequential per-sample network between one named input and one named output."""
+    """A per-sample network between one named input and one named output: its layers in a
+    topological order, each reading the layer before it unless ``links`` says otherwise."""
 
     input_name: str
     input_shape: tuple[int, ...]          # per sample, as the model's input expects it
     output_name: str
     layers: list[Layer] = field(default_factory=list)
     num_classes: int | None = None
+    # The inputs of the layers that do not read just the layer before them (a graph network's
+    # branches and merges): layer name -> the names of the layers, or of the network input, whose
+    # outputs it reads, in order. A sequential network has none; the last layer is the output.
+    links: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def copy(self) -> "Network":
         return copy.deepcopy(self)
 
+    # ------------------------------------------------------------ structure
+
+    def sources(self, index: int) -> tuple[str, ...]:
+        """The names of the values layer ``index`` reads (layer names, or the input's)."""
+        name = self.layers[index].name
+        if name in self.links:
+            return self.links[name]
+        return (self.layers[index - 1].name if index else self.input_name,)
+
+    def source_indices(self, index: int) -> list[int]:
+        """The indices of the layers layer ``index`` reads; -1 stands for the network input."""
+        position = {layer.name: i for i, layer in enumerate(self.layers)}
+        return [position.get(name, -1) for name in self.sources(index)]
+
+    def consumers(self, index: int) -> list[int]:
+        """The indices of the layers that read layer ``index`` (-1: the network input)."""
+        name = self.layers[index].name if index >= 0 else self.input_name
+        return [i for i in range(max(index + 1, 0), len(self.layers)) if name in self.sources(i)]
+
+    def only_reader(self, index: int) -> int | None:
+        """The one layer that reads layer ``index``, if no other layer does (nor the output)."""
+        if index == len(self.layers) - 1:
+            return None
+        readers = self.consumers(index)
+        return readers[0] if len(readers) == 1 else None
+
+    def follower(self, index: int) -> int | None:
+        """The layer that alone reads layer ``index`` and reads nothing else, if there is one:
+        the next link of a chain, across which passes may fold, move and merge layers."""
+        reader = self.only_reader(index)
+        return reader if reader is not None and len(self.sources(reader)) == 1 else None
+
+    def producer(self, index: int) -> int | None:
+        """The layer whose follower layer ``index`` is (the previous link of its chain), if any."""
+        (source, *others) = self.source_indices(index)
+        return source if not others and source >= 0 and self.follower(source) == index else None
+
+    @property
+    def is_sequential(self) -> bool:
+        return not self.links
+
+    def walk(self, apply: Callable[[Layer, int, list], object], initial, *, keep_all: bool = False) -> list:
+        """Call ``apply(layer, index, inputs)`` on every layer in order, ``inputs`` being the values
+        ``apply`` returned for the layers it reads (``initial`` for the network input); return the
+        last layer's value, or with ``keep_all`` every layer's (a value is dropped once read for
+        the last time otherwise)."""
+        last_read = {self.input_name: -1}
+        for i in range(len(self.layers)):
+            for name in self.sources(i):
+                last_read[name] = i
+        values, kept = {self.input_name: initial}, []
+        for i, layer in enumerate(self.layers):
+            sources = self.sources(i)
+            value = apply(layer, i, [values[name] for name in sources])
+            if not keep_all:
+                for name in sources:
+                    if last_read[name] == i:
+                        values.pop(name, None)
+            values[layer.name] = value
+            kept.append(value)
+        return kept if keep_all else [kept[-1]] if kept else [initial]
+
+    def remove(self, index: int) -> None:
+        """Delete layer ``index`` (of one input): the layers that read it read its input instead."""
+        (source,) = self.sources(index)
+        inputs = self._all_inputs()
+        removed = self.layers.pop(index).name
+        del inputs[removed]
+        self._set_inputs({name: tuple(source if s == removed else s for s in sources)
+                          for name, sources in inputs.items()})
+
+    def swap_with_follower(self, index: int) -> None:
+        """Exchange layer ``index`` with its follower (which must exist): the follower takes its
+        inputs, it reads the follower, and whatever read the follower reads it."""
+        following = self.follower(index)
+        assert following is not None, f"layer '{self.layers[index].name}' has no follower to swap with"
+        inputs = self._all_inputs()
+        first, second = self.layers[index].name, self.layers[following].name
+        inputs = {name: tuple(first if s == second else s for s in sources) for name, sources in inputs.items()}
+        inputs[second], inputs[first] = inputs[first], (second,)
+        self.layers[index], self.layers[following] = self.layers[following], self.layers[index]
+        self._set_inputs(inputs)
+
+    def _all_inputs(self) -> dict[str, tuple[str, ...]]:
+        return {layer.name: self.sources(i) for i, layer in enumerate(self.layers)}
+
+    def _set_inputs(self, inputs: dict[str, tuple[str, ...]]) -> None:
+        """Keep as links only the inputs that are not the layer before."""
+        self.links = {}
+        for i, layer in enumerate(self.layers):
+            if inputs[layer.name] != self.sources(i):
+                self.links[layer.name] = inputs[layer.name]
+
+    # ------------------------------------------------------------ values
+
     def shapes(self) -> list[tuple[int, ...]]:
         """Per-sample output shape of every layer."""
-        shapes, shape = [], self.input_shape
-        for layer in self.layers:
-            shape = layer.output_shape(shape)
-            shapes.append(shape)
-        return shapes
+        return self.walk(lambda layer, i, shapes: tuple(layer.output_shape(*shapes)), tuple(self.input_shape),
+                         keep_all=True)
 
     def forward(self, x: np.ndarray, *, all_layers: bool = False, batch: int = 256):
         """NumPy reference forward; with ``all_layers``, every layer's output in order."""
         outputs: list[list[np.ndarray]] = [[] for _ in self.layers]
         for start in range(0, len(x), batch):
             h = np.asarray(x[start:start + batch], np.float64)
-            for i, layer in enumerate(self.layers):
-                h = layer.forward(h)
-                if all_layers or i == len(self.layers) - 1:
-                    outputs[i].append(h)
+            values = self.walk(lambda layer, i, inputs: layer.forward(*inputs), h, keep_all=all_layers)
+            for i, value in enumerate(values if all_layers else []):
+                outputs[i].append(value)
+            if not all_layers:
+                outputs[-1].append(values[-1])
         if all_layers:
             return [np.concatenate(o) for o in outputs]
         return np.concatenate(outputs[-1])
 
     def macs(self) -> int:
         """Multiply-accumulates of the float model per inference (its Dense and Conv2d layers)."""
-        total, shape = 0, tuple(self.input_shape)
-        for layer in self.layers:
-            total += layer.macs(shape)
-            shape = layer.output_shape(shape)
-        return total
+        shapes = [tuple(self.input_shape)] + self.shapes()
+        return sum(layer.macs(shapes[self.source_indices(i)[0] + 1]) for i, layer in enumerate(self.layers))
 
     def index_of(self, layer: Layer) -> int:
         return next(i for i, candidate in enumerate(self.layers) if candidate is layer)
 
     def neighbour(self, index: int, step: int, kinds: tuple[type, ...], *, through: Callable[[Layer], bool]):
-        """The nearest layer of ``kinds`` from ``index`` in direction ``step``, crossing only
-        layers for which ``through`` holds; None if another layer is in the way."""
-        i = index + step
-        while 0 <= i < len(self.layers):
+        """The nearest layer of ``kinds`` from ``index`` along its chain (``step`` +1: followers,
+        -1: producers), crossing only layers for which ``through`` holds; None if another layer
+        or a branch is in the way."""
+        i = self.follower(index) if step > 0 else self.producer(index)
+        while i is not None:
             layer = self.layers[i]
             if isinstance(layer, kinds):
                 return layer
             if not through(layer):
                 return None
-            i += step
+            i = self.follower(i) if step > 0 else self.producer(i)
         return None

@@ -92,13 +92,19 @@ def conversion_report(c) -> dict:
 
 def layer_table(network: Network) -> list[dict]:
     """One row per layer: its description, shapes and role."""
-    rows, shape = [], network.input_shape
-    for layer in network.layers:
-        out = layer.output_shape(shape)
+    rows = []
+
+    def row(layer, index: int, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+        out = layer.output_shape(*shapes)
         role = {Spike: "spiking", Sharpenable: "spiking", Activation: "float activation"}.get(type(layer))
-        rows.append({**layer.describe(), "input_shape": list(shape), "output_shape": list(out),
-                     **({"role": role} if role else {})})
-        shape = out
+        inputs = {"input_shape": list(shapes[0])} if not layer.merges else \
+            {"input_shapes": [list(shape) for shape in shapes]}
+        if layer.name in network.links:        # a branch or a merge: what it reads
+            inputs["inputs"] = list(network.sources(index))
+        rows.append({**layer.describe(), **inputs, "output_shape": list(out), **({"role": role} if role else {})})
+        return out
+
+    network.walk(row, tuple(network.input_shape))
     return rows
 
 

@@ -56,6 +56,18 @@ class KerasBuilder:
             self.apply(keras.layers.Permute((2, 3, 1), name=self.name(f"{where}_to_nhwc")))
             self.channels_last = True
 
+    def aligned(self, states: list[tuple], where: str) -> list:
+        """The tensors of several ``(tensor, channels_last)`` states in one layout, channels last for
+        images (the merge then works on the last axis), for a layer that merges them."""
+        self.channels_last = any(len(tensor.shape) == 4 for tensor, _ in states)
+        tensors = []
+        for k, (tensor, last) in enumerate(states):
+            if len(tensor.shape) == 4 and last != self.channels_last:
+                perm = (2, 3, 1) if self.channels_last else (3, 1, 2)
+                tensor = keras.layers.Permute(perm, name=self.name(f"{where}_input{k}_layout"))(tensor)
+            tensors.append(tensor)
+        return tensors
+
     def to_channels_first(self, where: str) -> None:
         if len(self.tensor.shape) == 4 and self.channels_last:
             self.apply(keras.layers.Permute((3, 1, 2), name=self.name(f"{where}_to_nchw")))
@@ -79,8 +91,13 @@ def build_keras(network: Network, *, batchnorm_stats: dict[int, tuple[np.ndarray
     """
     builder = KerasBuilder(network)
     batchnorms: dict[int, str] = {}
-    for layer in network.layers:
-        layer.to_keras(builder)
+
+    def add(layer, index: int, states: list[tuple]) -> tuple:
+        if layer.merges:
+            layer.to_keras(builder, states)
+        else:
+            builder.tensor, builder.channels_last = states[0]
+            layer.to_keras(builder)
         if batchnorm_stats and id(layer) in batchnorm_stats:
             mean, variance = batchnorm_stats[id(layer)]
             axis = -1 if (len(builder.tensor.shape) != 4 or builder.channels_last) else 1
@@ -91,6 +108,9 @@ def build_keras(network: Network, *, batchnorm_stats: dict[int, tuple[np.ndarray
                                weights=[std.astype(np.float32), mean.astype(np.float32),
                                         mean.astype(np.float32), variance.astype(np.float32)])
             batchnorms[id(layer)] = bn.name
+        return builder.tensor, builder.channels_last
+
+    builder.tensor, builder.channels_last = network.walk(add, (builder.inputs, False))[0]
     builder.to_channels_first("output")
     model = keras.Model(builder.inputs, builder.tensor, name="whetstone")
     return KerasModel(model, builder.names, batchnorms)

@@ -176,6 +176,31 @@ class AveragePoolExcludingPad(keras.layers.Layer):
                 "pads": list(self.pads)}
 
 
+@keras.saving.register_keras_serializable(package="whetstone_onnx")
+class WeightedSum(keras.layers.Layer):
+    """sum_k weights[k] * x_k (+ bias), one fixed weight per input and channel (the last axis of
+    channels-last tensors): the Add of residual connections (ops/merge.py). Nothing trains."""
+
+    def __init__(self, weights, bias=None, **kwargs):
+        super().__init__(**kwargs)
+        self.coefficients = np.asarray(weights, np.float32)
+        self.offset = None if bias is None else np.asarray(bias, np.float32)
+
+    def call(self, xs):
+        total = None
+        for x, w in zip(xs, self.coefficients):
+            term = x if np.all(w == 1.0) else x * ops.convert_to_tensor(w, x.dtype)
+            total = term if total is None else total + term
+        return total if self.offset is None else total + ops.convert_to_tensor(self.offset, total.dtype)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "weights": self.coefficients.tolist(),
+                "bias": None if self.offset is None else self.offset.tolist()}
+
+
 class SwitchableBatchNormalization(keras.layers.BatchNormalization):
     """BatchNormalization that, once ``frozen``, normalises with its moving statistics in
     training too (gamma and beta still train). Fine-tuning re-enables batch norm with

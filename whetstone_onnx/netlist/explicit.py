@@ -22,6 +22,7 @@ header goes last and records the size and sha256 of both record files.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -86,7 +87,7 @@ class Projection:
     candidates: int                   # upper bound on its synapses
     max_abs_weight: float
     learned: bool                     # weights of a Dense / Conv layer (quantized with weight_bits)
-    connectivity: dict                # the header's structure descriptor (docs/netlist-format.md)
+    connectivity: dict | None         # the header's structure descriptor (docs/netlist-format.md)
 
 
 @dataclass
@@ -97,10 +98,21 @@ class Plan:
     decode: dict
 
 
+@dataclass
+class TensorState:
+    """Where one tensor of the network stands in the netlist being planned."""
+
+    ids: np.ndarray                   # the neuron id of every element, in the tensor's shape
+    sources: list[Population]         # the populations those neurons belong to
+    view: list[list] | None           # the reshapes / transposes since the one source (None: joined)
+    layer: object | None = None       # a Dense / Conv deferred to the Add after it (``ids``: its input)
+
+
 class NetlistPlanner:
     """What an op family's ``to_netlist`` works with while the network is planned as a netlist:
-    the neuron ids of the current tensor (``ids``, in its shape), the population they belong to
-    (``source``) and how the tensor is viewed from it (``view``: the reshapes / transposes since)."""
+    the neuron ids of the current tensor (``ids``, in its shape), the populations they belong to
+    (``sources``) and how the tensor is viewed from its one source (``view``: the reshapes /
+    transposes since; None for a tensor joined from several populations)."""
 
     chunk_synapses = CHUNK_SYNAPSES    # candidate synapses an op family's chunk generator yields at most
 
@@ -112,9 +124,38 @@ class NetlistPlanner:
         self._names: set[str] = set()
         self._next_id = 0
         input_shape = tuple(int(d) for d in network.input_shape)
-        self.source = self.add_population("input", "input", input_shape, None)
-        self.ids = np.arange(self.source.count, dtype=np.int64).reshape(input_shape)
-        self.view: list[list] = []
+        self.sources = [self.add_population("input", "input", input_shape, None)]
+        self.ids = np.arange(self.sources[0].count, dtype=np.int64).reshape(input_shape)
+        self.view: list[list] | None = []
+        self.deferred: TensorState | None = None
+        self.absorbing: list[int] = []
+
+    @property
+    def source_kind(self) -> str:
+        """The kind of the populations the current tensor's neurons belong to ("mixed" if several)."""
+        kinds = {population.kind for population in self.sources}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    def state(self) -> TensorState:
+        return TensorState(self.ids, list(self.sources), None if self.view is None else list(self.view))
+
+    def restore(self, state: TensorState) -> None:
+        self.ids, self.sources = state.ids, list(state.sources)
+        self.view = None if state.view is None else list(state.view)
+
+    def defer(self, layer) -> None:
+        """Leave ``layer`` (a Dense / Conv, whose input is the current tensor) to the layer after it."""
+        self.deferred = dataclasses.replace(self.state(), layer=layer)
+
+    def absorb(self, index: int) -> None:
+        """The layer at ``index`` is part of the population being added (a Spike after its weights)."""
+        self.absorbing.append(index)
+
+    def join(self, states: list[TensorState], axis: int) -> None:
+        """The current tensor becomes the concatenation of several tensors along ``axis``."""
+        self.ids = np.concatenate([state.ids for state in states], axis=axis)
+        self.sources = list(dict.fromkeys(population for state in states for population in state.sources))
+        self.view = None
 
     def add_population(self, name: str, kind: str, shape, layer_index: int | None, threshold=None,
                        bias=None) -> Population:
@@ -130,37 +171,59 @@ class NetlistPlanner:
         return population
 
     def project(self, post: Population, chunks, candidates: int, max_abs_weight: float, learned: bool,
-                connectivity: dict) -> None:
+                connectivity: dict | None) -> None:
         """Add the projection from the current tensor into ``post``, which becomes the current tensor."""
-        self.projections.append(Projection(post.name, [self.source.name], post, chunks, candidates, max_abs_weight,
-                                           learned, connectivity))
+        self.projections.append(Projection(post.name, [p.name for p in self.sources], post, chunks, candidates,
+                                           max_abs_weight, learned, connectivity))
         self.ids = np.arange(post.first_id, post.first_id + post.count, dtype=np.int64).reshape(post.shape)
-        self.source, self.view = post, []
+        self.sources, self.view = [post], []
 
-    def connectivity(self, kind: str, post: Population, **fields) -> dict:
+    def connectivity(self, kind: str, post: Population, **fields) -> dict | None:
         """A projection's structure descriptor: the layer's kind and parameters, and how its input tensor is
-        viewed from the pre population (``pre_view``), so a reader can rebuild the compact weights."""
+        viewed from the pre population (``pre_view``), so a reader can rebuild the compact weights; None
+        for a tensor joined from several populations (the records alone describe it)."""
+        if self.view is None:
+            return None
         return {"kind": kind, "pre_view": [list(step) for step in self.view],
                 "input_shape": [int(d) for d in self.ids.shape], "output_shape": list(post.shape), **fields}
 
     def reshape(self, shape: tuple[int, ...]) -> None:
         self.ids = self.ids.reshape(shape)
-        # A reshape replaces a reshape before it: only the last target shape matters.
-        self.view = self.view[:-1] if self.view and self.view[-1][0] == "reshape" else self.view
-        self.view.append(["reshape", [int(d) for d in shape]])
+        if self.view is not None:
+            # A reshape replaces a reshape before it: only the last target shape matters.
+            self.view = self.view[:-1] if self.view and self.view[-1][0] == "reshape" else self.view
+            self.view.append(["reshape", [int(d) for d in shape]])
 
     def transpose(self, perm: tuple[int, ...]) -> None:
         self.ids = self.ids.transpose(perm)
-        self.view.append(["transpose", [int(d) for d in perm]])
+        if self.view is not None:
+            self.view.append(["transpose", [int(d) for d in perm]])
 
 
 def plan_netlist(network: Network) -> Plan:
     """Each layer adds its populations and projections (``Layer.to_netlist``, in the op families)."""
     planner = NetlistPlanner(network)
-    i = 0
-    while i < len(network.layers):
-        i += network.layers[i].to_netlist(planner, i)
-    source, ids, decode = planner.source, planner.ids, planner.decode
+    absorbed: dict[int, TensorState] = {}
+
+    def plan(layer, index: int, states: list[TensorState]) -> TensorState:
+        if index in absorbed:
+            return absorbed[index]
+        planner.deferred, planner.absorbing = None, []
+        if layer.merges:
+            layer.to_netlist(planner, index, states)
+        else:
+            planner.restore(states[0])
+            layer.to_netlist(planner, index)
+        state = planner.state()
+        absorbed.update({k: state for k in planner.absorbing})
+        return planner.deferred or state
+
+    final = network.walk(plan, planner.state())[0]
+    planner.restore(final)
+    ids, decode = planner.ids, planner.decode
+    if final.layer is not None or len(planner.sources) != 1:
+        raise UnsupportedModelError("the network's output is not one whole population")
+    source = planner.sources[0]
     if source.kind == "input":
         raise UnsupportedModelError("the network has no neuron layer to write as a netlist")
     if ids.size != source.count or not np.array_equal(np.sort(ids.reshape(-1)),

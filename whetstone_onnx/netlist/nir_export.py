@@ -49,15 +49,27 @@ class NirBuilder:
     nodes: dict = field(default_factory=dict)
     edges: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
-    last: str = "input"
+    last: str | list[str] = "input"              # the node(s) whose summed output is the current tensor
     input_shape: tuple[int, ...] | None = None     # the Input node's shape, when a layer reshapes the input
 
     def add(self, name: str, node) -> str:
         name = self._unique(name.replace("/", "_").replace(".", "_"))
         self.nodes[name] = node
-        self.edges.append((self.last, name))
+        self.edges += [(source, name) for source in ([self.last] if isinstance(self.last, str) else self.last)]
         self.last = name
         return name
+
+    def channel_map(self, name: str, source: str | list[str], weight: np.ndarray, shape: tuple[int, ...]) -> str:
+        """A node mapping the channels of the tensor ``source`` (per-sample ``shape``) by ``weight``
+        (out channels, in channels): a 1x1 Conv2d for images, an Affine for vectors."""
+        import nir
+        self.last = source
+        weight = np.asarray(weight, np.float32)
+        bias = np.zeros(weight.shape[0], np.float32)
+        if len(shape) == 3:
+            return self.add(name, nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight[:, :, None, None],
+                                             stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, bias=bias))
+        return self.add(name, nir.Affine(weight, bias))
 
     def spiking_unit(self, name: str, threshold: np.ndarray, shape: tuple[int, ...]) -> None:
         """A layer of units firing when their input >= ``threshold`` (broadcast to ``shape``)."""
@@ -86,7 +98,9 @@ class NirBuilder:
         """v >= t  <=>  v + (1 - t) >= 1: the preceding Affine / Conv2d takes 1 - t as its bias,
         where its bias can hold t (an Affine's per neuron, a Conv2d's per channel). Moved or not."""
         import nir
-        previous = self.nodes.get(self.last)
+        candidates = [self.nodes.get(name) for name in ([self.last] if isinstance(self.last, str) else self.last)]
+        previous = next((node for node in candidates if isinstance(node, (nir.Affine, nir.Conv2d))
+                         and not np.any(node.bias)), None)
         if isinstance(previous, nir.Affine) and not np.any(previous.bias):
             previous.bias = (UNIFORM_THRESHOLD - threshold.reshape(-1)).astype(np.float32)
         elif isinstance(previous, nir.Conv2d) and not np.any(previous.bias) and \
@@ -115,12 +129,21 @@ def to_nir(network: Network, *, profile: str = "portable", dt: float = DEFAULT_D
         "threshold_placement": "per neuron" if profile == "semantic" else
                                f"uniform {float(UNIFORM_THRESHOLD)}; per-neuron part in the synaptic layer's bias, "
                                "except in the nodes listed in per_neuron_thresholds"})
-    shape = network.input_shape
-    for layer in network.layers:
-        # A layer returns its NIR output shape only when it differs from its own (the decode).
-        shape = layer.to_nir(builder, shape) or layer.output_shape(shape)
+
+    def add(layer, index: int, inputs: list[tuple]) -> tuple:
+        """``inputs``: (last node or nodes, NIR shape) of each tensor the layer reads."""
+        if layer.merges:
+            shape = layer.to_nir(builder, inputs)
+        else:
+            builder.last, shape = inputs[0]
+            # A layer returns its NIR output shape only when it differs from its own (the decode).
+            shape = layer.to_nir(builder, shape) or layer.output_shape(shape)
+        return builder.last, tuple(shape)
+
+    builder.last, shape = network.walk(add, ("input", tuple(network.input_shape)))[0]
     input_shape = builder.input_shape or network.input_shape
     nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)}),
              **builder.nodes, "output": nir.Output(output_type={"output": np.array(shape)})}
-    edges = builder.edges + [(builder.last, "output")]
+    edges = builder.edges + [(source, "output") for source in
+                             ([builder.last] if isinstance(builder.last, str) else builder.last)]
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=builder.metadata)

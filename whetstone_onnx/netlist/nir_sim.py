@@ -26,11 +26,17 @@ def simulate(graph, x: np.ndarray, dt: float | None = None, *, forced: dict[str,
     """
     import nir
     dt = np.float32(graph.metadata.get("dt", 1e-4) if dt is None else dt)
-    order = _chain(graph)
+    incoming: dict[str, list[str]] = {}
+    for source, target in graph.edges:
+        incoming.setdefault(target, []).append(source)
     values: dict[str, np.ndarray] = {}
-    h = np.asarray(x, np.float32)
-    for name in order:
+    read: dict[str, np.ndarray] = {}          # what the nodes after each node read (``forced`` or its value)
+    for name in _topological_order(graph, incoming):
         node = graph.nodes[name]
+        # A node's input is the sum of its incoming edges.
+        parts = [read[source] for source in incoming.get(name, [])]
+        h = np.asarray(x, np.float32) if not parts else parts[0] if len(parts) == 1 else \
+            np.sum(np.stack(parts), axis=0, dtype=np.float32)
         if isinstance(node, nir.Input):
             if "input_transpose" in graph.metadata:     # data in the model's layout, see ops/shape.py
                 h = h.transpose(0, *(p + 1 for p in graph.metadata["input_transpose"]["perm"]))
@@ -71,18 +77,26 @@ def simulate(graph, x: np.ndarray, dt: float | None = None, *, forced: dict[str,
             raise InputError(f"NIR node '{name}' ({type(node).__name__}) is not simulated")
         if potentials is not None and isinstance(node, (nir.Threshold, nir.LIF, nir.CubaLIF)):
             potentials[name] = potential
-        values[name] = h
+        values[name] = read[name] = h
         if forced is not None and name in forced:
-            h = np.asarray(forced[name], np.float32).reshape(h.shape)
+            read[name] = np.asarray(forced[name], np.float32).reshape(h.shape)
     return values
 
 
-def _chain(graph) -> list[str]:
-    following = dict(graph.edges)
-    if len(following) != len(graph.edges):
-        raise InputError("the NIR graph is not a chain")
-    order, name = [], "input"
-    while name is not None:
+def _topological_order(graph, incoming: dict[str, list[str]]) -> list[str]:
+    """The nodes reachable from the input, each after every node feeding it."""
+    outgoing: dict[str, list[str]] = {}
+    for source, target in graph.edges:
+        outgoing.setdefault(source, []).append(target)
+    waiting = {name: len(sources) for name, sources in incoming.items()}
+    order, ready = [], ["input"]
+    while ready:
+        name = ready.pop()
         order.append(name)
-        name = following.get(name)
+        for target in outgoing.get(name, []):
+            waiting[target] -= 1
+            if waiting[target] == 0:
+                ready.append(target)
+    if any(count > 0 for count in waiting.values()):
+        raise InputError("the NIR graph has a cycle or nodes the input does not reach")
     return order

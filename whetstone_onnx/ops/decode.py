@@ -49,15 +49,14 @@ class NHotDecode(Layer):
         builder.to_channels_first(self.name)
         builder.apply(SoftmaxDecode(self.key, name=builder.name(self.name)), owner=self)
 
-    def to_netlist(self, planner, index: int) -> int:
+    def to_netlist(self, planner, index: int) -> None:
         """No neurons: the header's decoding rule names the key."""
-        if index + 1 < len(planner.network.layers) or planner.source.kind != "spiking" \
+        if index + 1 < len(planner.network.layers) or planner.source_kind != "spiking" \
                 or self.key.shape[1] != planner.ids.size:
             raise UnsupportedModelError(f"layer '{self.name}' (nhot_decode): must be the last layer and "
                                         "decode the spikes of a spiking layer as wide as its key")
         planner.decode = {"kind": "nhot", "key": self.key.astype(np.int64).tolist(),
                           "rule": "class = argmax over classes of (2 spikes - 1) . (2 key - 1), ties to the lowest"}
-        return 1
 
     def describe(self):
         return {**super().describe(), "classes": int(self.key.shape[0]), "code_width": int(self.key.shape[1]),

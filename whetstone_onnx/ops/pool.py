@@ -79,7 +79,7 @@ class Pool2d(Layer):
     def describe(self):
         return {**super().describe(), **self._attributes()}
 
-    def to_netlist(self, planner, index: int) -> int:
+    def to_netlist(self, planner, index: int) -> None:
         """A population fed by one synapse per window cell inside the input."""
         ids = planner.ids
         if ids.ndim != 3:
@@ -113,7 +113,6 @@ class Pool2d(Layer):
         connectivity = planner.connectivity(self.kind, post, kernel_shape=[kh, kw], strides=[sh, sw],
                                             pads=[int(p) for p in padding], **self.netlist_fields())
         planner.project(post, chunks, channels * per_channel, float(weights.max()), False, connectivity)
-        return 1
 
 
 @dataclass(eq=False)
@@ -151,8 +150,8 @@ class MaxPool2d(Pool2d):
 
     def netlist_population(self, planner, index: int, out_shape: tuple[int, ...]):
         """On binary spikes max pooling is an OR: a unit firing on any of its inputs."""
-        if planner.source.kind not in ("spiking", "or"):
-            raise UnsupportedModelError(f"layer '{self.name}' (maxpool2d) pools {planner.source.kind} values: "
+        if planner.source_kind not in ("spiking", "or"):
+            raise UnsupportedModelError(f"layer '{self.name}' (maxpool2d) pools {planner.source_kind} values: "
                                         "only max pooling of binary spikes (an OR) has a netlist form")
         return planner.add_population(self.name, "or", out_shape, index,
                                       threshold=np.ones(math.prod(out_shape), np.float32))

@@ -47,13 +47,12 @@ class Reshape(Layer):
         builder.to_channels_first(self.name)
         builder.apply(keras.layers.Reshape(self.shape, name=builder.name(self.name)))
 
-    def to_netlist(self, planner, index: int) -> int:
+    def to_netlist(self, planner, index: int) -> None:
         """No neurons: the next projection reads the same ones in the new shape."""
         if math.prod(self.shape) != planner.ids.size:
             raise UnsupportedModelError(f"layer '{self.name}' (reshape): {planner.ids.shape} cannot become "
                                         f"{self.shape}")
         planner.reshape(self.shape)
-        return 1
 
     def describe(self):
         return {**super().describe(), "shape": list(self.shape)}
@@ -90,9 +89,8 @@ class Transpose(Layer):
         builder.to_channels_first(self.name)
         builder.apply(keras.layers.Permute(tuple(p + 1 for p in self.perm), name=builder.name(self.name)))
 
-    def to_netlist(self, planner, index: int) -> int:
+    def to_netlist(self, planner, index: int) -> None:
         planner.transpose(self.perm)
-        return 1
 
     def describe(self):
         return {**super().describe(), "perm": list(self.perm)}

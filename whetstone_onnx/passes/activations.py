@@ -1,10 +1,13 @@
 """Network passes that turn float activations into sharpenable Whetstone units."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import UnsupportedModelError
 from ..network import LinearLayer, Network
 from ..ops.activation import Activation, Sharpenable
 from ..ops.batchnorm import BatchNorm
+from ..ops.merge import Add, Concat
 from ..ops.pool import AvgPool2d
 from ..spiking_onnx import SHARPNESS_EPSILON, SIGMOID_GAIN
 from .spiking import check_batchnorm_folds, sink_batchnorms
@@ -25,23 +28,52 @@ def activations_before_pooling(network: Network) -> int:
     norm before max pooling moves below it when that is exact (passes/spiking.py),
     so that what training does to its scales cannot stop it from folding.
     """
-    layers, count = network.layers, 0
-    for i in range(len(layers)):
-        j = i
-        while isinstance(layers[j], (Activation, Sharpenable)) and j > 0 \
-                and layers[j - 1].commutes_with_activations:
-            layers[j - 1], layers[j] = layers[j], layers[j - 1]
-            j, count = j - 1, count + 1
+    count = 0
+    for layer in [layer for layer in network.layers if isinstance(layer, (Activation, Sharpenable))]:
+        while True:
+            producer = network.producer(network.index_of(layer))
+            if producer is None or not network.layers[producer].commutes_with_activations:
+                break
+            network.swap_with_follower(producer)
+            count += 1
     return count + sink_batchnorms(network)
 
 
 def compensate_output_scale(network: Network, index: int, factor: float) -> None:
-    """The layer at ``index`` now outputs its former values divided by ``factor``: the
-    next layer that can takes the factor back, exactly (a Dense / Conv in its weights,
-    a batch norm in its statistics)."""
-    following = network.neighbour(index, +1, (LinearLayer, BatchNorm), through=lambda layer: layer.scale_transparent)
-    if following is not None:
-        following.scale_inputs(factor)
+    """The layer at ``index`` now outputs its former values divided by ``factor``: on every path
+    from it, the first layer that can takes the factor back, exactly (a Dense / Conv in its
+    weights, a batch norm in its statistics, an Add in its weight for that input), across
+    scale-transparent layers; a Concat passes it on to its part of the channels."""
+    shape = network.shapes()[index]
+    for reader in network.consumers(index):
+        _take_back(network, index, reader, np.full(shape, factor, np.float64))
+
+
+def _take_back(network: Network, source: int, reader: int, factors: np.ndarray) -> None:
+    """``factors``: per element of layer ``source``'s output, what layer ``reader`` must multiply back."""
+    layer = network.layers[reader]
+    uniform = bool(np.all(factors == factors.flat[0]))
+    if isinstance(layer, Add):
+        layer.scale_input(network.source_indices(reader).index(source),
+                          factors.reshape(len(factors), -1)[:, 0])
+    elif isinstance(layer, Concat):
+        positions = network.source_indices(reader)
+        shapes = [network.input_shape if i < 0 else network.shapes()[i] for i in positions]
+        whole = np.concatenate([factors if i == source else np.ones(shape) for i, shape in zip(positions, shapes)])
+        for following in network.consumers(reader):
+            _take_back(network, reader, following, whole)
+    elif isinstance(layer, (LinearLayer, BatchNorm)) and uniform:
+        layer.scale_inputs(float(factors.flat[0]))
+    elif isinstance(layer, LinearLayer):
+        layer.scale_input_elements(factors)
+    elif layer.scale_transparent and (uniform or not getattr(layer, "pads", None) or not any(layer.pads)):
+        carried = np.full(layer.output_shape(factors.shape), factors.flat[0]) if uniform else \
+            layer.forward(factors[None])[0]
+        for following in network.consumers(reader):
+            _take_back(network, reader, following, carried)
+    elif not uniform:
+        raise UnsupportedModelError(f"'{layer.name}' ({layer.kind}) cannot pass on the per-channel scales of "
+                                    f"'{network.layers[source].name}'")
 
 
 def replace_activations(network: Network) -> int:
@@ -62,10 +94,12 @@ def replace_activations(network: Network) -> int:
     for i, layer in enumerate(network.layers):
         if not isinstance(layer, (Activation, Sharpenable)):
             continue
-        linear = network.layers[i - 1] if i > 0 else None
-        if not isinstance(linear, LinearLayer):
+        producer = network.producer(i)
+        linear = network.layers[producer] if producer is not None else None
+        if linear is None or not linear.weighted_sum:
             raise UnsupportedModelError(f"activation '{layer.name}' ({layer.op_type}) does not follow a "
-                                        "Dense or Conv layer, so it has no threshold to become")
+                                        "Dense, Conv or Add layer that only it reads, so it has no threshold "
+                                        "to become")
         if isinstance(layer, Sharpenable):
             continue                   # already a Whetstone unit (a Whetstone Keras model's export)
         function, approximation = "bounded_relu", ""
@@ -107,7 +141,10 @@ def approximated_activations(network: Network) -> list[dict]:
 def _output_affine_target(network: Network, index: int) -> tuple[LinearLayer | None, str]:
     """The Dense / Conv after ``index`` that can take an affine y -> 2 y - 1 of its output
     into its weights and bias; else None and why not."""
-    for layer in network.layers[index + 1:]:
+    position = network.follower(index)
+    while position is not None:
+        layer = network.layers[position]
+        position = network.follower(position)
         if isinstance(layer, LinearLayer):
             if layer.absorbs_uniform_shift():
                 return layer, ""

@@ -37,15 +37,20 @@ class Calibration:
 
 def calibrate_scales(network: Network, samples: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> Calibration:
     count = 0
-    h = np.asarray(samples, np.float64)
-    for i, layer in enumerate(network.layers):
+
+    def forward(layer, i: int, inputs: list[np.ndarray]) -> np.ndarray:
+        nonlocal count
         if isinstance(layer, Sharpenable) and layer.source in CALIBRATED_SOURCES:
+            h = inputs[0]
             positive = h[h > 0]
             scale = float(np.percentile(positive, percentile)) if positive.size else 0.0
             if scale > 0.0:
-                network.layers[i - 1].scale_outputs(1.0 / scale)
-                h = h / scale
+                # The layers that compensate come later in the order: the walk computes them as changed.
+                network.layers[network.producer(i)].scale_outputs(1.0 / scale)
+                inputs = [h / scale]
                 compensate_output_scale(network, i, scale)
                 count += 1
-        h = layer.forward(h)
-    return Calibration(count, h)
+        return layer.forward(*inputs)
+
+    outputs = network.walk(forward, np.asarray(samples, np.float64))[0]
+    return Calibration(count, outputs)

@@ -52,14 +52,18 @@ def conv_head_to_dense(network: Network) -> int:
     all-conv nets' global average pooling, Conv 1x1, Flatten) becomes the flatten and the
     Dense layer it computes, so that it can be the output stage. Returns 1 if it did."""
     layers = network.layers
-    if len(layers) < 2 or not isinstance(layers[-1], Reshape) or not isinstance(layers[-2], Conv2d):
+    if len(layers) < 2 or not isinstance(layers[-1], Reshape) or not isinstance(layers[-2], Conv2d) \
+            or network.follower(len(layers) - 2) != len(layers) - 1:
         return 0
     conv = layers[-2]
-    channels, *spatial = ([network.input_shape] + network.shapes())[len(layers) - 2]
+    channels, *spatial = ([network.input_shape] + network.shapes())[network.source_indices(len(layers) - 2)[0] + 1]
     if spatial != [1, 1] or conv.weight.shape[2:] != (1, 1) or conv.group != 1 or any(conv.pads) \
             or tuple(layers[-1].shape) != (conv.out_channels,):
         return 0
-    layers[-2:] = [Reshape(f"{conv.name}/flatten", (channels,)),
+    flatten = Reshape(f"{conv.name}/flatten", (channels,))
+    if conv.name in network.links:                 # the flatten reads what the convolution read
+        network.links[flatten.name] = network.links.pop(conv.name)
+    layers[-2:] = [flatten,
                    Dense(conv.name, conv.weight[:, :, 0, 0].copy(), None if conv.bias is None else conv.bias.copy())]
     return 1
 

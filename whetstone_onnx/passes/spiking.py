@@ -24,26 +24,28 @@ from ..network import LinearLayer, Network
 from ..ops.activation import Sharpenable, Spike
 from ..ops.batchnorm import BatchNorm
 from ..ops.conv import Conv2d
+from ..ops.merge import Add
 from ..ops.pool import MaxPool2d
 
 
 def to_step_network(network: Network) -> int:
     sink_batchnorms(network)
     for bn in _batchnorms(network):
-        index = network.index_of(bn)
-        if index > 0 and isinstance(network.layers[index - 1], LinearLayer):
-            network.layers[index - 1].scale_outputs(*bn.affine())
-            del network.layers[index]
-    count = 0
+        producer = network.producer(network.index_of(bn))
+        if producer is not None and network.layers[producer].weighted_sum:
+            network.layers[producer].scale_outputs(*bn.affine())
+            network.remove(network.index_of(bn))
+    count, shapes = 0, network.shapes()
     for i, layer in enumerate(network.layers):
         if not isinstance(layer, Sharpenable):
             continue
-        linear = network.layers[i - 1]
-        assert isinstance(linear, LinearLayer), "replace_activations keeps activations after linear layers"
-        threshold = (layer.threshold - linear.bias_or_zero()).astype(np.float32)
-        if isinstance(linear, Conv2d):
-            threshold = threshold.reshape(-1, 1, 1)
+        linear = network.layers[network.producer(i)]
+        assert linear.weighted_sum, "replace_activations keeps activations after weighted sums"
+        threshold = (layer.threshold - linear.bias_or_zero()).astype(np.float32)    # float32, as the unit computes
         linear.bias = None
+        if isinstance(linear, Add):
+            threshold = (threshold - _take_input_biases(network, network.index_of(linear))).astype(np.float32)
+        threshold = threshold.reshape((-1,) + (1,) * (len(shapes[i]) - 1))
         network.layers[i] = Spike(layer.name, threshold)
         count += 1
     for bn in _batchnorms(network):
@@ -51,15 +53,29 @@ def to_step_network(network: Network) -> int:
     return count
 
 
+def _take_input_biases(network: Network, index: int) -> np.ndarray:
+    """Remove the biases of the Dense / Conv layers that only the Add at ``index`` reads; return
+    what they added to the sum (per channel): the thresholds after the sum take it."""
+    add = network.layers[index]
+    total = np.zeros(add.out_channels)
+    for source, weights in zip(network.source_indices(index), add.weights):
+        layer = network.layers[source] if source >= 0 else None
+        if isinstance(layer, LinearLayer) and network.only_reader(source) == index and layer.bias is not None:
+            total += weights.astype(np.float64) * layer.bias.astype(np.float64)
+            layer.bias = None
+    return total
+
+
 def sink_batchnorms(network: Network) -> int:
     """Move each batch norm whose scales are all >= 0 below the max pooling after it."""
-    layers, count = network.layers, 0
-    for i in reversed(range(len(layers))):
-        j = i
-        while isinstance(layers[j], BatchNorm) and j + 1 < len(layers) and isinstance(layers[j + 1], MaxPool2d) \
-                and np.all(layers[j].affine()[0] >= 0):
-            layers[j], layers[j + 1] = layers[j + 1], layers[j]
-            j, count = j + 1, count + 1
+    count = 0
+    for bn in reversed(_batchnorms(network)):
+        while np.all(bn.affine()[0] >= 0):
+            following = network.follower(network.index_of(bn))
+            if following is None or not isinstance(network.layers[following], MaxPool2d):
+                break
+            network.swap_with_follower(network.index_of(bn))
+            count += 1
     return count
 
 
@@ -76,7 +92,8 @@ def check_batchnorm_folds(network: Network) -> None:
     sink_batchnorms(network)            # as to_step_network will
     shapes = network.shapes()
     for index, bn in enumerate(network.layers):
-        if not isinstance(bn, BatchNorm) or (index > 0 and isinstance(network.layers[index - 1], LinearLayer)):
+        producer = network.producer(index)
+        if not isinstance(bn, BatchNorm) or (producer is not None and network.layers[producer].weighted_sum):
             continue
         channels = bn.per_element(np.arange(bn.channels, dtype=np.float64), shapes[index])
         target, (channels,) = fold_target(network, index, [channels])
@@ -94,8 +111,9 @@ def check_batchnorm_folds(network: Network) -> None:
 def fold_target(network: Network, index: int, maps: list[np.ndarray]) -> tuple[LinearLayer, list[np.ndarray]]:
     """The Dense / Conv that the batch norm at ``index`` folds forward into, and ``maps``
     (per-sample arrays of the batch norm's output shape) carried through the layers between."""
-    bn = network.layers[index]
-    for layer in network.layers[index + 1:]:
+    bn, position = network.layers[index], network.follower(index)
+    while position is not None:
+        layer, position = network.layers[position], network.follower(position)
         if isinstance(layer, LinearLayer):
             return layer, maps
         if not layer.rearranges:
@@ -104,7 +122,8 @@ def fold_target(network: Network, index: int, maps: list[np.ndarray]) -> tuple[L
                 "layer, so it cannot be folded into the spiking network: only reshapes, transposes and (when "
                 "every scale is >= 0) max pooling may stand between them")
         maps = [layer.forward(m[None])[0] for m in maps]
-    raise UnsupportedModelError(f"batch norm '{bn.name}' is followed by no Dense or Conv layer to fold into")
+    raise UnsupportedModelError(f"batch norm '{bn.name}' is followed by no Dense or Conv layer (that only it "
+                                "reads) to fold into")
 
 
 def _fold_forward(network: Network, bn: BatchNorm) -> None:
@@ -114,8 +133,8 @@ def _fold_forward(network: Network, bn: BatchNorm) -> None:
     target, (scale, shift) = fold_target(network, index, [bn.per_element(scale, shape),
                                                           bn.per_element(shift, shape)])
     offset = target.fold_input_affine(scale, shift)
-    position = network.index_of(target)
-    following = network.layers[position + 1] if position + 1 < len(network.layers) else None
+    position = network.follower(network.index_of(target))
+    following = network.layers[position] if position is not None else None
     if isinstance(following, Spike):
         following.threshold = (following.threshold.astype(np.float64) - offset).astype(np.float32)
     elif offset.size == target.out_channels:
@@ -123,7 +142,7 @@ def _fold_forward(network: Network, bn: BatchNorm) -> None:
     else:
         raise UnsupportedModelError(f"batch norm '{bn.name}' before the zero-padded '{target.name}' (conv2d) "
                                     "folds into per-neuron thresholds, but no spiking layer follows it")
-    del network.layers[index]
+    network.remove(index)
 
 
 def _batchnorms(network: Network) -> list[BatchNorm]:
