@@ -1,8 +1,9 @@
 """Models written by the real exporters with their default settings, for the digits (8 x 8) data.
 
 Each builder writes ``<folder>/<exporter>_<kind>.onnx`` and returns its path; ``kind`` is
-"mlp" (a hidden layer with batch norm) or "conv" (convolutions with batch norm, max
-pooling, a dense head). With ``data`` (x (N, 8, 8) in [0, 1], integer labels) the model
+"mlp" (a hidden layer with batch norm), "conv" (convolutions with batch norm, max
+pooling, a dense head) or, for PyTorch, one of the branching ``GRAPH_KINDS`` (see
+``torch_graph_model``). With ``data`` (x (N, 8, 8) in [0, 1], integer labels) the model
 is trained first, briefly and seeded; without, it keeps its seeded initial weights.
 Used by tests/test_exporters.py and by tools/bench_exporters.py, which measures what
 the README's exporter table says.
@@ -21,7 +22,7 @@ def torch_model(kind: str):
     import torch.nn as nn
 
     if kind in GRAPH_KINDS:
-        return GRAPH_KINDS[kind]()
+        return torch_graph_model(kind)
     if kind == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 10))
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
@@ -29,8 +30,12 @@ def torch_model(kind: str):
                          nn.Flatten(), nn.Linear(16 * 2 * 2, 10))
 
 
-def _torch_graph_modules():
-    """PyTorch modules of the branching kinds, sized for 8 x 8 digits (MNIST's in tools/bench_graphs.py)."""
+def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bool = False, classes: int = 10):
+    """A branching PyTorch model for ``size`` x ``size`` one-channel images, written the ordinary way:
+    "resnet": a conv stem, a residual block with an identity shortcut and one with a strided 1x1
+    projection shortcut (conv + batch norm on both branches), a dense head; "inception": a conv stem,
+    1x1, 3x3 and 5x5 branches concatenated, a 1x1 conv over the concatenation, max pooling, a dense
+    head. ``stem_pool``: max pooling after the stem (for MNIST-sized images)."""
     import torch
     import torch.nn as nn
 
@@ -38,8 +43,6 @@ def _torch_graph_modules():
         return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out))
 
     class Residual(nn.Module):
-        """Two 3x3 conv + batch norm layers and a shortcut: the identity, or a strided 1x1 projection."""
-
         def __init__(self, c_in, c_out, stride=1):
             super().__init__()
             self.body = nn.Sequential(conv_bn(c_in, c_out, 3, stride), nn.ReLU(), conv_bn(c_out, c_out))
@@ -49,8 +52,6 @@ def _torch_graph_modules():
             return torch.relu(self.body(x) + self.shortcut(x))
 
     class Inception(nn.Module):
-        """1x1, 3x3 and 5x5 convolution branches (with ReLU) concatenated over channels."""
-
         def __init__(self, c_in, c_branch):
             super().__init__()
             self.branches = nn.ModuleList(nn.Sequential(nn.Conv2d(c_in, c_branch, k, padding=k // 2), nn.ReLU())
@@ -59,19 +60,20 @@ def _torch_graph_modules():
         def forward(self, x):
             return torch.cat([branch(x) for branch in self.branches], dim=1)
 
-    def resnet(width=8, classes=10, spatial=8):
-        return nn.Sequential(conv_bn(1, width), nn.ReLU(), Residual(width, width), Residual(width, 2 * width, 2),
-                             nn.Flatten(), nn.Linear(2 * width * (spatial // 2) ** 2, classes))
+    stem = [conv_bn(1, width), nn.ReLU()] + ([nn.MaxPool2d(2)] if stem_pool else [])
+    side = size // 2 if stem_pool else size
+    if kind == "resnet":
+        body = [Residual(width, width), Residual(width, 2 * width, 2)]
+        features = 2 * width * (side // 2) ** 2
+    elif kind == "inception":
+        body = [Inception(width, width), nn.Conv2d(3 * width, 2 * width, 1), nn.ReLU(), nn.MaxPool2d(2)]
+        features = 2 * width * (side // 2) ** 2
+    else:
+        raise ValueError(f"unknown graph model kind {kind!r}")
+    return nn.Sequential(*stem, *body, nn.Flatten(), nn.Linear(features, classes))
 
-    def inception(width=8, classes=10, spatial=8):
-        return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), Inception(width, width), nn.MaxPool2d(2),
-                             nn.Flatten(), nn.Linear(3 * width * (spatial // 2) ** 2, classes))
 
-    return {"resnet": resnet, "inception": inception}
-
-
-GRAPH_KINDS = {"resnet": lambda: _torch_graph_modules()["resnet"](),
-               "inception": lambda: _torch_graph_modules()["inception"]()}
+GRAPH_KINDS = ("resnet", "inception")
 
 
 def torch_export(folder: Path, kind: str, data=None, *, dynamo: bool) -> Path:
@@ -185,9 +187,10 @@ def skl2onnx_export(folder: Path, kind: str, data=None) -> Path:
 
 # exporter -> (builder, the kinds it can write)
 EXPORTERS = {
-    "torch_dynamo": (lambda folder, kind, data=None: torch_export(folder, kind, data, dynamo=True), ("mlp", "conv")),
+    "torch_dynamo": (lambda folder, kind, data=None: torch_export(folder, kind, data, dynamo=True),
+                     ("mlp", "conv", *GRAPH_KINDS)),
     "torch_torchscript": (lambda folder, kind, data=None: torch_export(folder, kind, data, dynamo=False),
-                          ("mlp", "conv")),
+                          ("mlp", "conv", *GRAPH_KINDS)),
     "keras": (keras_export, ("mlp", "conv")),
     "tf2onnx": (tf2onnx_export, ("mlp", "conv")),
     "skl2onnx": (skl2onnx_export, ("mlp",)),

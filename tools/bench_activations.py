@@ -58,13 +58,13 @@ def build(name: str):
                          *block(16, 32), *block(32, 32), nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
 
 
-def train(name: str, dataset, seed: int):
-    """The model, trained on the flattened training images."""
+def train(build_model, dataset, seed: int):
+    """The model ``build_model()`` makes, trained on the flattened training images."""
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(seed)
-    model = build(name)
+    model = build_model()
     x = torch.from_numpy(dataset.x_train.reshape(len(dataset.x_train), -1))
     y = torch.from_numpy(dataset.y_train)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
@@ -89,25 +89,26 @@ def export(model, path: Path) -> None:
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def run_model(name: str, dataset, seed: int) -> dict:
-    """One model's row; a model that does not convert gets its one-line error instead of figures."""
+def run_model(name: str, dataset, seed: int, build_model=None, **options) -> dict:
+    """One model's row (``build_model``: default ``build(name)``; ``options`` go to ``api.convert``);
+    a model that does not convert gets its one-line error instead of figures."""
     from whetstone_onnx import api
     from whetstone_onnx.errors import WhetstoneError
 
     start = time.perf_counter()
-    model = train(name, dataset, seed)
+    model = train(build_model or (lambda: build(name)), dataset, seed)
     train_s = round(time.perf_counter() - start, 1)
     with tempfile.TemporaryDirectory(prefix="bench_activations_") as work:
         path = Path(work) / f"{name}.onnx"
         export(model, path)
         start = time.perf_counter()
         try:
-            result = api.convert(path, Path(work) / "out", data=dataset, seed=seed, netlist=False)
+            result = api.convert(path, Path(work) / "out", data=dataset, seed=seed, **{"netlist": False, **options})
         except WhetstoneError as exc:
             return {"model": name, "train_s": train_s, "error": exc.message}
         wall = time.perf_counter() - start
     accuracy = result.accuracy
-    return {"model": name, "original": round(100 * accuracy["original"], 2),
+    return {"model": name, "passed": result.report["passed"], "original": round(100 * accuracy["original"], 2),
             "spiking": round(100 * accuracy["spiking"], 2),
             "loss": round(100 * (accuracy["original"] - accuracy["spiking"]), 2),
             "output": result.report["output_stage"]["written"],

@@ -1,0 +1,189 @@
+"""Graph networks: residual (Add), Inception-style (Concat) and branching models through every
+representation -- the Network's links and edits, the passes, Keras, spiking ONNX, NumPy, NIR
+(re-read) and the explicit netlist."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import graph_model, run_cli
+from exporters import GRAPH_KINDS, torch_export
+from onnx import helper
+
+from whetstone_onnx import api
+from whetstone_onnx.conversion import float_network, sharpenable_passes
+from whetstone_onnx.errors import UnsupportedModelError
+from whetstone_onnx.load import load_model
+from whetstone_onnx.network import Network
+from whetstone_onnx.ops.activation import Sharpenable
+from whetstone_onnx.ops.dense import Dense
+from whetstone_onnx.ops.merge import Add
+from whetstone_onnx.ops.shape import Reshape
+
+
+def residual_mlp() -> Network:
+    """x -> d1 -> r1 -> d2 -> add(d2, r1) -> r2 -> out: a residual block over vectors."""
+    rng = np.random.default_rng(0)
+    w = lambda o, i: rng.standard_normal((o, i)).astype(np.float32) * 0.5  # noqa: E731
+    network = Network("x", (4,), "y", [
+        Dense("d1", w(6, 4), np.zeros(6, np.float32)), Sharpenable("r1", "bounded_relu", 0.0),
+        Dense("d2", w(6, 6), np.ones(6, np.float32)), Add("add", np.ones((2, 6), np.float32), 1),
+        Sharpenable("r2", "bounded_relu", 0.0), Dense("out", w(3, 6), None)])
+    network.links = {"add": ("d2", "r1")}
+    return network
+
+
+def test_links_record_only_what_is_not_the_layer_before_and_survive_edits():
+    network = residual_mlp()
+    assert network.sources(2) == ("r1",) and network.sources(3) == ("d2", "r1")
+    assert network.consumers(1) == [2, 3] and network.follower(1) is None      # r1 feeds two layers
+    assert network.follower(2) is None and network.only_reader(2) == 3        # the Add also reads r1
+    assert network.follower(3) == 4 and network.producer(4) == 3
+    before = network.forward(np.random.default_rng(1).standard_normal((5, 4)))
+    # A reshape inserted after d2 and removed again, and a swap, keep the function and the links minimal.
+    network.layers.insert(3, Reshape("flat", (6,)))
+    network.links["add"] = ("flat", "r1")
+    network.remove(3)
+    assert network.links == {"add": ("d2", "r1")}
+    network.layers.insert(5, Reshape("flat2", (6,)))       # after r2: r2 -> flat2 -> out
+    network.swap_with_follower(4)                           # flat2 before r2: add -> flat2 -> r2
+    assert [layer.name for layer in network.layers[3:6]] == ["add", "flat2", "r2"]
+    assert network.links == {"add": ("d2", "r1")}
+    np.testing.assert_allclose(network.forward(np.random.default_rng(1).standard_normal((5, 4))), before)
+
+
+def test_the_walk_gives_each_merge_its_inputs_values():
+    network = residual_mlp()
+    x = np.random.default_rng(2).standard_normal((3, 4))
+    outputs = network.forward(x, all_layers=True)
+    np.testing.assert_allclose(outputs[3], outputs[2] + outputs[1])
+    assert network.shapes()[3] == (6,) and network.macs() == 6 * 4 + 6 * 6 + 3 * 6
+
+
+@pytest.fixture(scope="module")
+def graph_models(tmp_path_factory):
+    """The branching PyTorch models of tests/exporters.py, untrained (seeded), TorchScript exporter."""
+    pytest.importorskip("torch")
+    folder = tmp_path_factory.mktemp("graphs")
+    return {kind: torch_export(folder, kind, dynamo=False) for kind in GRAPH_KINDS}
+
+
+@pytest.mark.parametrize("kind", GRAPH_KINDS)
+def test_branching_models_convert_and_every_representation_agrees(tmp_path, graph_models, kind):
+    out = tmp_path / "out"
+    result = api.convert(graph_models[kind], out, data="digits", finetune=False, accept_loss=True)
+    report = result.report
+    equivalence = report["equivalence"]
+    assert report["passed"] and equivalence["float"]["relative_diff"] <= 1e-4
+    assert equivalence["spiking"]["unexplained"] == 0
+    assert equivalence["nir"]["passed"] and equivalence["netlist"]["passed"]
+    kinds = [row["kind"] for row in report["layers"]]
+    assert {"resnet": "add", "inception": "concat"}[kind] in kinds
+    merges = [row for row in report["layers"] if row["kind"] in ("add", "concat")]
+    assert all(len(row["inputs"]) >= 2 for row in merges)
+    # The written files, re-read (model.nir by nir.read) and checked again from the folder.
+    checked = api.check_outputs(out)
+    assert checked.passed and set(checked.comparisons) == {"spiking.onnx vs netlist", "spiking.onnx vs model.nir"}
+    header = json.loads((out / "netlist.json").read_text())
+    posts = [projection["post"] for projection in header["projections"]]
+    if kind == "resnet":      # the sums of the residual blocks: one population fed by two projections each
+        assert sum(posts.count(post) == 2 for post in set(posts)) == 2
+        identity = [p for p in header["projections"] if (p["connectivity"] or {}).get("kind") == "identity"]
+        assert len(identity) == 1                         # the identity shortcut
+    else:                     # the 1x1 conv over the concatenation reads three populations
+        assert max(len(projection["pre"]) for projection in header["projections"]) == 3
+
+
+def test_a_residual_mlp_converts_with_its_sum_over_vectors(tmp_path):
+    torch = pytest.importorskip("torch")
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Sequential(nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32))
+
+        def forward(self, x):
+            return torch.relu(x + self.inner(x))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), Block(), nn.Linear(32, 10)).eval()
+    path = tmp_path / "residual_mlp.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 8, 8),), str(path), dynamo=False,
+                      dynamic_axes={"input": {0: "batch"}}, input_names=["input"])
+    result = api.convert(path, tmp_path / "out", data="digits", finetune=False, accept_loss=True)
+    assert result.report["passed"] and result.report["equivalence"]["netlist"]["passed"]
+
+
+def test_calibration_scales_are_taken_back_on_every_branch(graph_models):
+    """With the 100th percentile every calibrated unit at sharpness 0 follows its ReLU on the calibration
+    samples (up to the ramp's 1e-3 widening), so the sharpenable network computes the float one there,
+    provided each scale is given back by every reader (a convolution, the Add's shortcut weight, the part
+    of the channels after a Concat): a scale lost on one branch would be off by its factor, 2 to 20."""
+    from whetstone_onnx.data import fit_to_input, load_dataset
+
+    dataset = load_dataset("digits")
+    for kind in GRAPH_KINDS:
+        network, _, _ = float_network(load_model(graph_models[kind]))
+        # Inputs 20 times as large make every scale large (the untrained units' outputs are small).
+        x = 20 * fit_to_input(dataset.x_train[:200], network.input_shape, None, spec="digits")
+        expected = network.forward(x)
+        sharpenable = network.copy()
+        _, calibration = sharpenable_passes(sharpenable, x, 100.0)
+        assert calibration.scaled_layers >= 3
+        assert np.abs(sharpenable.forward(x) - expected).max() <= 0.02 * np.abs(expected).max()
+        if kind == "resnet":
+            shortcut_weights = [layer.weights for layer in sharpenable.layers if isinstance(layer, Add)]
+            assert any(np.any(weights != 1.0) for weights in shortcut_weights)
+
+
+def test_inspect_shows_what_each_merge_reads(graph_models):
+    completed = run_cli("inspect", str(graph_models["resnet"]))
+    assert completed.returncode == 0, completed.stderr
+    add_lines = [line for line in completed.stdout.splitlines() if " add " in line]
+    assert len(add_lines) == 2 and all("(reads " in line and " + " in line for line in add_lines)
+
+
+def test_a_sum_that_ends_the_network_is_refused_with_the_reason(tmp_path, rng):
+    """y = W2 relu(W1 x) + relu(W1 x): no Dense layer ends the network to become its output stage."""
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="first", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="act"),
+             helper.make_node("Gemm", ["r", "w2"], ["g"], name="second", transB=1),
+             helper.make_node("Add", ["g", "r"], ["y"], name="sum")]
+    weights = {"w1": rng.standard_normal((4, 3)).astype(np.float32),
+               "w2": rng.standard_normal((4, 4)).astype(np.float32)}
+    path = tmp_path / "model.onnx"
+    path.write_bytes(graph_model(nodes, weights, [3], [4]).SerializeToString())
+    completed = run_cli("inspect", str(path))
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip() == (f"whetstone-onnx: error: {path}: the last layer must be a Dense (Gemm/MatMul) "
+                                        "layer to become the output stage, found add")
+
+
+def test_a_concatenation_along_another_axis_is_refused_with_the_reason(tmp_path):
+    node = helper.make_node("Concat", ["x", "x"], ["y"], name="join", axis=2)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(graph_model([node], {}, [1, 2, 2], [1, 4, 2]).SerializeToString())
+    completed = run_cli("inspect", str(path))
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert "node 'join' (Concat): concatenates along axis 2: only the channel axis (1) is supported" \
+        in completed.stderr
+    with pytest.raises(UnsupportedModelError, match="only the channel axis"):
+        float_network(load_model(path))
+
+
+@pytest.mark.slow
+def test_a_trained_residual_net_fine_tunes_and_keeps_its_spikes_equal(tmp_path):
+    """Fine-tuning builds the residual net as a functional Keras model and writes it back."""
+    pytest.importorskip("torch")
+    from whetstone_onnx.data import load_dataset
+    from whetstone_onnx.finetune import FinetuneOptions
+
+    dataset = load_dataset("digits")
+    path = torch_export(tmp_path, "resnet", (dataset.x_train, dataset.y_train), dynamo=False)
+    result = api.convert(path, tmp_path / "out", data=dataset, finetune=FinetuneOptions(effort="quick"),
+                         accept_loss=True)
+    report = result.report
+    assert report["passed"] and report["finetune"]["keras_vs_spiking_onnx"]["class_agreement"] == 1.0
+    assert result.accuracy["original"] >= 0.95 and result.accuracy["spiking"] >= 0.90
