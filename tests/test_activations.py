@@ -20,8 +20,8 @@ from whetstone_onnx.load import load_model
 from whetstone_onnx.network import Network
 from whetstone_onnx.ops.activation import Activation, Sharpenable
 from whetstone_onnx.ops.dense import Dense
-from whetstone_onnx.passes.activations import activations_before_pooling, replace_activations
-from whetstone_onnx.passes.pipeline import run_onnx_passes
+from whetstone_onnx.network_passes.activations import activations_before_pooling, replace_activations
+from whetstone_onnx.onnx_passes.pipeline import run_onnx_passes
 
 FLOAT_TOLERANCE = 1e-4      # relative to the output scale, as the float check's
 # (op type, attributes, slope shape for PRelu)

@@ -22,14 +22,14 @@ from whetstone_onnx.network import Network
 from whetstone_onnx.ops.activation import Activation, Sharpenable, Spike
 from whetstone_onnx.ops.batchnorm import BatchNorm
 from whetstone_onnx.ops.conv import Conv2d
-from whetstone_onnx.ops.decode import nhot_key
+from whetstone_onnx.spiking_onnx import nhot_key
 from whetstone_onnx.ops.dense import Dense
 from whetstone_onnx.ops.pool import AvgPool2d, MaxPool2d
 from whetstone_onnx.ops.shape import Reshape
-from whetstone_onnx.passes.activations import (activations_before_pooling, compensate_output_scale,
+from whetstone_onnx.network_passes.activations import (activations_before_pooling, compensate_output_scale,
                                                replace_activations)
-from whetstone_onnx.passes.pipeline import run_onnx_passes
-from whetstone_onnx.passes.spiking import to_step_network
+from whetstone_onnx.onnx_passes.pipeline import run_onnx_passes
+from whetstone_onnx.network_passes.step_network import to_step_network
 
 FIXTURE = MODELS / "digits_conv_postbn.onnx"
 TIE = 1e-5          # relative to the largest |potential|: a float-rounding tie, as the checks count it

@@ -12,8 +12,8 @@ import pytest
 from conftest import MODELS, run_cli
 
 from whetstone_onnx import api
-from whetstone_onnx.finetune import (SHARPENING_STEPS_PER_LAYER, STRAIGHT_THROUGH_STEPS, validation_split,
-                                     validation_tolerance)
+from whetstone_onnx.finetune import SHARPENING_STEPS_PER_LAYER, STRAIGHT_THROUGH_STEPS, validation_split
+from whetstone_onnx.training import validation_tolerance
 from whetstone_onnx.report import accuracy_table
 
 
@@ -50,7 +50,8 @@ def test_budget_is_counted_in_steps_whatever_the_data_size():
 
 
 def test_frozen_batchnorms_are_recalibrated_and_train_as_the_spiking_network_computes():
-    from whetstone_onnx.finetune import _batchnorm_stats, _freeze_batchnorms
+    from whetstone_onnx.finetune import _batchnorm_stats
+    from whetstone_onnx.training import freeze_batchnorms
     from whetstone_onnx.keras.build import build_keras
 
     network = api.convert(MODELS / "digits_dense.onnx", data="digits", finetune=False, netlist=False,
@@ -61,7 +62,7 @@ def test_frozen_batchnorms_are_recalibrated_and_train_as_the_spiking_network_com
     assert len(built.batchnorm_names) == 2
     training = built.model(x, training=True).numpy()
     assert not np.allclose(training, built.model(x, training=False).numpy(), atol=1e-3)
-    _freeze_batchnorms(built, x)
+    freeze_batchnorms(built, x)
     for name in built.batchnorm_names.values():
         batchnorm = built.model.get_layer(name)
         import keras

@@ -116,6 +116,31 @@ def test_a_residual_mlp_converts_with_its_sum_over_vectors(tmp_path):
     assert result.report["passed"] and result.report["equivalence"]["netlist"]["passed"]
 
 
+def test_an_activation_after_a_concatenation_moves_onto_each_part(tmp_path):
+    """relu(cat(a(x), b(x))) == cat(relu(a(x)), relu(b(x))): each part becomes a spiking population."""
+    torch = pytest.importorskip("torch")
+    import torch.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 4, 1), nn.Conv2d(1, 4, 3, padding=1)
+            self.head = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 10))
+
+        def forward(self, x):
+            return self.head(torch.relu(torch.cat([self.a(x), self.b(x)], 1)))
+
+    torch.manual_seed(0)
+    path = tmp_path / "cat_relu.onnx"
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+    result = api.convert(path, tmp_path / "out", data="digits", finetune=False, accept_loss=True)
+    assert result.report["passed"] and result.report["passes"]["network"]["activations_before_pooling"] >= 1
+    rows = {row["name"]: row for row in result.report["layers"]}
+    assert rows["/Relu/0"]["inputs"] == ["/a/Conv"] and rows["/Relu/1"]["inputs"] == ["/b/Conv"]
+    assert rows["/Concat"]["inputs"] == ["/Relu/0", "/Relu/1"]
+
+
 def test_calibration_scales_are_taken_back_on_every_branch(graph_models):
     """With the 100th percentile every calibrated unit at sharpness 0 follows its ReLU on the calibration
     samples (up to the ramp's 1e-3 widening), so the sharpenable network computes the float one there,

@@ -17,7 +17,7 @@ from whetstone_onnx.keras import (AdaptiveSharpener, BoundedRelu, ScheduledSharp
                                   SimpleSharpener, Softmax_Decode, SoftmaxDecode, Spiking_BRelu, key_generator)
 from whetstone_onnx.keras.build import build_keras, write_back  # noqa: E402
 from whetstone_onnx.ops.activation import Sharpenable  # noqa: E402
-from whetstone_onnx.passes.spiking import to_step_network  # noqa: E402
+from whetstone_onnx.network_passes.step_network import to_step_network  # noqa: E402
 
 FIXTURES = [("digits_dense.onnx", (64,), None), ("digits_conv.onnx", (8, 8, 1), None),
             ("digits_conv_postbn.onnx", (8, 8, 1), None), ("torchstyle_digits_conv.onnx", (1, 8, 8), (0.5, 0.5))]
@@ -141,7 +141,7 @@ def test_keras_builder_reproduces_onnxruntime(model, input_shape, normalize):
         if network is None:
             from whetstone_onnx.lift import lift
             from whetstone_onnx.load import load_model
-            from whetstone_onnx.passes.pipeline import run_onnx_passes
+            from whetstone_onnx.onnx_passes.pipeline import run_onnx_passes
             network = lift(run_onnx_passes(load_model(MODELS / model).model)[0])
         keras_model = build_keras(network).model
         # float32 sums in another order (TensorFlow's and onnxruntime's kernels): ~1e-5 relative at most.
@@ -202,11 +202,11 @@ def test_finetuning_end_to_end_is_reproducible_and_keras_agrees_with_spiking_onn
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_shifted_images_move_whole_pixels_in_either_layout(channels_last):
-    from whetstone_onnx.finetune import _shift_images
+    from whetstone_onnx.training import shift_images
     images = np.arange(2 * 3 * 5 * 6, dtype=np.float32).reshape(2, 3, 5, 6)
     offsets = np.array([[0, 0], [1, -2]])
     given = images.transpose(0, 2, 3, 1) if channels_last else images
-    shifted = _shift_images(given, offsets, 2, -1.0)
+    shifted = shift_images(given, offsets, 2, -1.0)
     if channels_last:
         shifted = shifted.transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(shifted[0], images[0])
@@ -232,11 +232,11 @@ def test_finetuning_with_shifted_images_is_reproducible():
 
 
 def test_shifted_batches_keep_each_image_with_its_label_and_redraw_per_epoch():
-    from whetstone_onnx.finetune import _training_data
+    from whetstone_onnx.training import training_data
     rng = np.random.default_rng(0)
     x = rng.random((100, 1, 20, 20)).astype(np.float32) + 1.0          # no pixel equals the fill (1.0 = min)
     labels = np.arange(100)
-    batches = _training_data(x, labels, api.FinetuneOptions(shift=2, batch_size=32, seed=5))["x"]
+    batches = training_data(x, labels, api.FinetuneOptions(shift=2, batch_size=32, seed=5))["x"]
     seen = []
     for epoch in range(2):
         for index in range(len(batches)):
@@ -251,7 +251,7 @@ def test_shifted_batches_keep_each_image_with_its_label_and_redraw_per_epoch():
 
 
 def test_distillation_targets_are_the_teachers_probabilities_on_the_shifted_images_the_model_sees():
-    from whetstone_onnx.finetune import DISTILLATION_TEMPERATURE, _training_data
+    from whetstone_onnx.training import DISTILLATION_TEMPERATURE, training_data
     rng = np.random.default_rng(1)
     x = rng.random((40, 1, 20, 20)).astype(np.float32)
     labels = rng.integers(0, 3, 40)
@@ -261,7 +261,7 @@ def test_distillation_targets_are_the_teachers_probabilities_on_the_shifted_imag
                          images[:, 0, :, :10].sum((1, 2))], axis=1)
 
     options = api.FinetuneOptions(shift=2, batch_size=16, seed=3, distillation=0.5)
-    batches = _training_data(x, labels, options, teacher)["x"]
+    batches = training_data(x, labels, options, teacher)["x"]
     images, targets = batches[1]
     rows = batches.order[16:32]
     np.testing.assert_array_equal(targets[:, 0], labels[rows])
@@ -269,7 +269,7 @@ def test_distillation_targets_are_the_teachers_probabilities_on_the_shifted_imag
     expected = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(targets[:, 1:], expected / expected.sum(1, keepdims=True), rtol=1e-6)
     assert not np.allclose(teacher(images), teacher(x[rows]))      # the shifted images, not the stored ones
-    unshifted = _training_data(x, labels, api.FinetuneOptions(shift=0, distillation=0.5), teacher)
+    unshifted = training_data(x, labels, api.FinetuneOptions(shift=0, distillation=0.5), teacher)
     assert unshifted["y"].shape == (40, 4) and np.allclose(unshifted["y"][:, 1:].sum(1), 1.0)
 
 

@@ -14,8 +14,8 @@ from whetstone_onnx import api, runtime
 from whetstone_onnx.emit import to_onnx
 from whetstone_onnx.lift import lift
 from whetstone_onnx.load import load_model
-from whetstone_onnx.passes.output_stage import conv_head_to_dense
-from whetstone_onnx.passes.pipeline import run_onnx_passes
+from whetstone_onnx.network_passes.output_stage import conv_head_to_dense
+from whetstone_onnx.onnx_passes.pipeline import run_onnx_passes
 
 BN_TOLERANCE = 1e-5   # max abs difference relative to the output scale
 

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from conftest import MODELS
 
-from whetstone_onnx import api
+from whetstone_onnx import api, zoo
 
 
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -92,7 +92,7 @@ def test_zoo_summary_validates_for_every_status(tmp_path):
         path = "{MODELS.as_posix()}/mnist_dense.onnx"
         timeout = 0.2
     """)
-    result = api.convert_zoo(manifest, tmp_path / "out", jobs=2)
+    result = zoo.convert_zoo(manifest, tmp_path / "out", jobs=2)
     assert [record["status"] for record in result.models] == ["ok", "accuracy_loss", "unsupported", "failed",
                                                               "timeout"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

@@ -8,7 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from whetstone_onnx import runtime
 from whetstone_onnx.ops.activation import Sharpenable
-from whetstone_onnx.ops.decode import NHotDecode, nhot_key
+from whetstone_onnx.ops.decode import NHotDecode
+from whetstone_onnx.spiking_onnx import nhot_key
 from whetstone_onnx.spiking_onnx import DOMAIN, DOMAIN_VERSION, OP_TYPES, function_for
 
 

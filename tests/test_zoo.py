@@ -155,7 +155,7 @@ def test_sigterm_stops_the_workers_and_leaves_nothing_half_written(tmp_path):
 
 @pytest.mark.slow
 def test_dask_executor_gives_the_same_summary(sample_run, tmp_path):
-    result = api.convert_zoo(SAMPLE_ZOO, tmp_path / "out", jobs=2, executor="dask")
+    result = zoo.convert_zoo(SAMPLE_ZOO, tmp_path / "out", jobs=2, executor="dask")
     assert result.summary["executor"] == "dask" and result.exit_code == 1
     assert comparable(result.summary) == comparable(sample_run[2])
     assert result.counts == sample_run[2]["counts"]
@@ -173,7 +173,7 @@ def test_timeout_and_memory_limit_cost_only_their_model(tmp_path):
         memory_limit = 100
     """)
     out = tmp_path / "out"
-    result = api.convert_zoo(manifest, out, jobs=2)
+    result = zoo.convert_zoo(manifest, out, jobs=2)
     records = {record["name"]: record for record in result.models}
     assert records["digits_dense"]["status"] == "timeout"
     assert records["digits_dense"]["error"].endswith("digits_dense.onnx: timed out after 0.2 s")
@@ -183,7 +183,7 @@ def test_timeout_and_memory_limit_cost_only_their_model(tmp_path):
     assert "memory limit 100 MB" in records["digits_conv"]["error"]
     assert result.exit_code == 1 and leftovers(out) == []
     # A timeout depends on the run, not the model: --resume tries it again.
-    again = api.convert_zoo(manifest, out, jobs=2, resume=True)
+    again = zoo.convert_zoo(manifest, out, jobs=2, resume=True)
     assert [record["resumed"] for record in again.models[:2]] == [False, True]
 
 
@@ -197,10 +197,10 @@ def test_resume_redoes_a_model_whose_options_changed(tmp_path):
         path = "MODELS/digits_lstm.onnx"
     """
     out = tmp_path / "out"
-    api.convert_zoo(write_manifest(tmp_path, text.replace("SEED", "0")), out)
+    zoo.convert_zoo(write_manifest(tmp_path, text.replace("SEED", "0")), out)
     stored = json.loads((out / "mnist_dense" / "zoo.json").read_text())["key"]
     assert stored["options"]["seed"] == 0 and stored["version"] == whetstone_onnx.__version__
-    result = api.convert_zoo(write_manifest(tmp_path, text.replace("SEED", "1")), out, resume=True)
+    result = zoo.convert_zoo(write_manifest(tmp_path, text.replace("SEED", "1")), out, resume=True)
     assert [(record["name"], record["resumed"]) for record in result.models] == [("mnist_dense", False),
                                                                                  ("digits_lstm", True)]
     assert json.loads((out / "mnist_dense" / "report.json").read_text())["options"]["seed"] == 1
@@ -213,7 +213,7 @@ def test_fail_fast_starts_no_more_models(tmp_path):
         [[model]]
         path = "MODELS/digits_conv.onnx"
     """)
-    result = api.convert_zoo(manifest, tmp_path / "out", fail_fast=True)    # the larger file runs first
+    result = zoo.convert_zoo(manifest, tmp_path / "out", fail_fast=True)    # the larger file runs first
     assert [record["status"] for record in result.models] == ["failed", "cancelled"]
     assert not (tmp_path / "out" / "digits_conv").exists()
 

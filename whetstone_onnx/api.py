@@ -1,4 +1,5 @@
-"""The typed public API: ``inspect`` and ``convert``. The CLI is a thin shell over it."""
+"""The typed public API of one model: ``inspect``, ``convert``, ``check_outputs``, ``export_keras``. Batch
+conversion is ``whetstone_onnx.zoo.convert_zoo``. The CLI is a thin shell over both."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import check, conversion, zoo
+from . import check, conversion
 from .artifacts import json_bytes, write_atomic, write_atomic_with
 from .conversion import NETLIST_FILES, RANDOM_CHECK_SAMPLES, ConvertOptions
 from .data import Dataset, fit_to_input, load_dataset
@@ -21,13 +22,12 @@ from .load import load_model
 from .network import Network
 from .netlist.explicit import HEADER_FILE
 from .netlist.nir_export import DEFAULT_DT
-from .passes.activations import approximated_activations
-from .passes.calibrate import DEFAULT_PERCENTILE
-from .passes.output_stage import OUTPUT_MODES, make_output_stage  # noqa: F401  (OUTPUT_MODES: for the CLI)
-from .passes.pipeline import qualified_op_type, unsupported_nodes
+from .network_passes.activations import approximated_activations
+from .network_passes.calibrate import DEFAULT_PERCENTILE
+from .network_passes.output_stage import OUTPUT_MODES, make_output_stage  # noqa: F401  (OUTPUT_MODES: for the CLI)
+from .onnx_passes.pipeline import qualified_op_type, unsupported_nodes
 from .plot import training_plot
 from .report import DEFAULT_MAX_LOSS, accuracy_table, conversion_report, layer_table
-from .zoo import DEFAULT_TIMEOUT_S, ZooResult
 
 # A path, or the model's bytes or ModelProto (then ``model_dir``: the folder holding its external data, if any).
 ModelInput = str | Path | bytes | onnx.ModelProto
@@ -301,25 +301,3 @@ def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
     if not result.comparisons:
         raise InputError(f"{out}: no netlist to check against spiking.onnx (model.nir and netlist.json are missing)")
     return result
-
-
-# ----------------------------------------------------------------------------- zoo
-
-def convert_zoo(manifest: str | Path, out_dir: str | Path, *, jobs: int = 1, resume: bool = False,
-                executor: str = "local", scheduler: str | None = None, fail_fast: bool = False,
-                timeout: float = DEFAULT_TIMEOUT_S, memory_limit: int | None = None,
-                progress: bool = False) -> ZooResult:
-    """Convert every model a manifest lists, each in its own process, into ``out_dir/<name>/``.
-
-    ``manifest``: a TOML file (``[defaults]`` and ``[[model]]`` tables holding a ``path``,
-    an optional ``name`` and any keyword argument of ``convert``) or a directory of .onnx
-    files. ``jobs`` models run at once; ``timeout`` (seconds) and ``memory_limit`` (MB of
-    address space) bound each one. ``resume`` reuses the models whose file, options and
-    package version are unchanged. ``executor="dask"`` runs the models on the Dask cluster
-    at ``scheduler``, or on a local one with ``jobs`` workers. ``fail_fast`` starts no more
-    models after the first that does not convert. ``progress`` shows progress on stderr.
-    Writes ``summary.json`` and ``summary.md``; returns them as a ``ZooResult``
-    (``exit_code`` 0 when every model converted, else 1). Raises ``InputError`` on a bad manifest.
-    """
-    return zoo.convert_zoo(manifest, out_dir, jobs=jobs, resume=resume, executor=executor, scheduler=scheduler,
-                           fail_fast=fail_fast, timeout=timeout, memory_limit=memory_limit, progress=progress)

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from . import __version__, api
+from . import __version__, api, zoo
 from .data import parse_normalize
 from .errors import CheckFailed, UnsupportedModelError, WhetstoneError
 from .native_logs import native_logs_filtered
@@ -143,25 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_zoo(commands, flags: argparse.ArgumentParser) -> None:
-    zoo = commands.add_parser("zoo", help="convert every model of a manifest, each in its own process; "
+    parser = commands.add_parser("zoo", help="convert every model of a manifest, each in its own process; "
                                           "writes OUTDIR/<model>/ and OUTDIR/summary.json, summary.md",
                               description="Convert every model a TOML manifest (or a folder of .onnx files) "
                                           "lists, each in its own process, into OUTDIR/<model>/, with "
                                           "OUTDIR/summary.json and summary.md; exit 1 when any model did not "
                                           "convert.", parents=[flags])
-    zoo.add_argument("manifest", metavar="MANIFEST", help="a TOML manifest, or a directory of .onnx files")
-    zoo.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output directory")
-    zoo.add_argument("--jobs", type=int, default=1, metavar="N", help="models converted at once (default 1)")
-    zoo.add_argument("--resume", action="store_true",
+    parser.add_argument("manifest", metavar="MANIFEST", help="a TOML manifest, or a directory of .onnx files")
+    parser.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output directory")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="models converted at once (default 1)")
+    parser.add_argument("--resume", action="store_true",
                      help="skip models whose file, options and package version are unchanged since the last run")
-    zoo.add_argument("--executor", choices=api.zoo.EXECUTORS, default="local",
+    parser.add_argument("--executor", choices=zoo.EXECUTORS, default="local",
                      help="local worker processes (default) or a Dask cluster")
-    zoo.add_argument("--scheduler", metavar="ADDRESS",
+    parser.add_argument("--scheduler", metavar="ADDRESS",
                      help="Dask scheduler, e.g. tcp://host:8786 (default: start a local cluster of --jobs workers)")
-    zoo.add_argument("--fail-fast", action="store_true", help="start no more models after the first failure")
-    zoo.add_argument("--timeout", type=float, default=api.DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                     help=f"per-model time limit (default {api.DEFAULT_TIMEOUT_S:g})")
-    zoo.add_argument("--memory-limit", type=int, metavar="MB", help="per-model address-space limit")
+    parser.add_argument("--fail-fast", action="store_true", help="start no more models after the first failure")
+    parser.add_argument("--timeout", type=float, default=zoo.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                     help=f"per-model time limit (default {zoo.DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--memory-limit", type=int, metavar="MB", help="per-model address-space limit")
 
 
 def _normalize(text: str):
@@ -271,7 +271,7 @@ def _check(args) -> int:
 
 
 def _zoo(args) -> int:
-    result = api.convert_zoo(args.manifest, args.out, jobs=args.jobs, resume=args.resume,
+    result = zoo.convert_zoo(args.manifest, args.out, jobs=args.jobs, resume=args.resume,
                              executor=args.executor, scheduler=args.scheduler, fail_fast=args.fail_fast,
                              timeout=args.timeout, memory_limit=args.memory_limit,
                              progress=not getattr(args, "quiet", False))

@@ -34,12 +34,12 @@ from .netlist.nir_export import DEFAULT_DT, PROFILES, to_nir
 from .network import Network
 from .ops.activation import Sharpenable, Spike
 from .ops.dense import Dense
-from .passes.activations import activations_before_pooling, approximated_activations, replace_activations
-from .passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
-from .passes.output import REMOVED_NORMALISER
-from .passes.output_stage import OUTPUT_MODES, conv_head_to_dense, make_output_stage
-from .passes.pipeline import run_onnx_passes, unsupported_nodes
-from .passes.spiking import to_step_network
+from .network_passes.activations import activations_before_pooling, approximated_activations, replace_activations
+from .network_passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
+from .onnx_passes.normalisers import REMOVED_NORMALISER
+from .network_passes.output_stage import OUTPUT_MODES, conv_head_to_dense, make_output_stage
+from .onnx_passes.pipeline import run_onnx_passes, unsupported_nodes
+from .network_passes.step_network import to_step_network
 from .report import DEFAULT_MAX_LOSS
 
 CALIBRATION_SAMPLES = 1000

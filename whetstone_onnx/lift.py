@@ -11,7 +11,7 @@ import onnx_ir as ir
 from .errors import UnsupportedModelError
 from .network import Network
 from .ops import LiftContext, lifter_for
-from .passes.graph import static_shape
+from .onnx_graph import static_shape
 
 
 def lift(model: ir.Model) -> Network:

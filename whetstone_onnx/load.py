@@ -262,7 +262,7 @@ def evaluate_node(node: onnx.NodeProto, arrays: list[np.ndarray | None], opset: 
 
 def _expand_gelu(proto: onnx.ModelProto) -> None:
     """Gelu (opset 20, what PyTorch's default exporter writes for nn.GELU) as the formula that
-    opset 18 can express (the activation family's own emission), which passes/pointwise.py then
+    opset 18 can express (the activation family's own emission), which onnx_passes/pointwise.py then
     recognises as GELU."""
     graph = proto.graph
     if not any(node.op_type == "Gelu" and node.domain in ("", "ai.onnx") for node in graph.node):

@@ -21,6 +21,14 @@ from .errors import UnsupportedModelError
 from .spiking_onnx import DOMAIN
 
 
+def batchnorm_affine(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) in float64 with gamma (x - mean) / sqrt(var + epsilon) + beta = x * scale + shift:
+    the one formula every batch-norm fold uses (ONNX passes, Keras builder and write-back, step network)."""
+    gamma, beta, mean, var = (np.asarray(p, np.float64) for p in (gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + epsilon)
+    return scale, beta - mean * scale
+
+
 class OnnxBuilder:
     """Collects nodes, initializers and custom ops while a network is emitted as ONNX."""
 
@@ -309,6 +317,19 @@ class Network:
         inputs = {name: tuple(first if s == second else s for s in sources) for name, sources in inputs.items()}
         inputs[second], inputs[first] = inputs[first], (second,)
         self.layers[index], self.layers[following] = self.layers[following], self.layers[index]
+        self._set_inputs(inputs)
+
+    def insert(self, index: int, layer: Layer, sources: tuple[str, ...]) -> None:
+        """Put ``layer`` at position ``index``, reading ``sources``; every other layer keeps its inputs."""
+        inputs = self._all_inputs()
+        inputs[layer.name] = tuple(sources)
+        self.layers.insert(index, layer)
+        self._set_inputs(inputs)
+
+    def set_sources(self, index: int, sources: tuple[str, ...]) -> None:
+        """Layer ``index`` reads ``sources`` from now on."""
+        inputs = self._all_inputs()
+        inputs[self.layers[index].name] = tuple(sources)
         self._set_inputs(inputs)
 
     def _all_inputs(self) -> dict[str, tuple[str, ...]]:

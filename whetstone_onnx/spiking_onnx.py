@@ -113,3 +113,24 @@ OP_TYPES = tuple(_BUILDERS)
 def function_for(op_type: str) -> onnx.FunctionProto:
     """The model-local function that defines ``op_type`` of the project's domain."""
     return _BUILDERS[op_type]()
+
+
+# ---------------------------------------------------------------- the N-hot code (NHotDecode's key)
+
+
+def nhot_scores(x: np.ndarray, key) -> np.ndarray:
+    """(samples, classes) float64 scores of codes x (samples, width) against a 0/1 key (classes, width):
+    (2 x - 1) . (2 key - 1), agreements minus disagreements. The decoded class is their argmax; the
+    netlist simulator decodes with this too, so it cannot drift from the layer's forward."""
+    return (2.0 * x - 1.0) @ (2.0 * np.asarray(key, np.float64) - 1.0).T
+
+
+def nhot_key(classes: int, width: int, seed: int) -> np.ndarray:
+    """A seeded disjoint N-hot key: each class owns ``width // classes`` units, randomly placed."""
+    if width < classes:
+        raise ValueError(f"key width {width} is smaller than the {classes} classes")
+    per_class = width // classes
+    units = np.random.default_rng(seed).permutation(width)[:classes * per_class]
+    key = np.zeros((classes, width), np.float32)
+    key[np.repeat(np.arange(classes), per_class), units] = 1.0
+    return key

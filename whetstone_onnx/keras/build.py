@@ -16,8 +16,7 @@ import keras
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from ..network import Network
-from ..ops.batchnorm import batchnorm_affine
+from ..network import Network, batchnorm_affine
 from .layers import SwitchableBatchNormalization
 
 

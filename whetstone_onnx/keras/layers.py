@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..ops.decode import nhot_key
+from ..spiking_onnx import nhot_key
 from ..spiking_onnx import BRELU_THRESHOLD, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN
 
 
@@ -205,7 +205,7 @@ class SwitchableBatchNormalization(keras.layers.BatchNormalization):
     """BatchNormalization that, once ``frozen``, normalises with its moving statistics in
     training too (gamma and beta still train). Fine-tuning re-enables batch norm with
     this layer: batch statistics while sharpening, then frozen, recalibrated statistics
-    once every layer is a step (see finetune._freeze_batchnorms). Changing ``frozen``
+    once every layer is a step (see training.freeze_batchnorms). Changing ``frozen``
     takes effect when the model is compiled again."""
 
     frozen = False

@@ -16,7 +16,7 @@ thresholds the threshold 1 and move the per-neuron part into the bias of the
 Affine / Conv2d before it (bias = 1 - threshold); ``semantic`` keeps per-neuron
 thresholds and zero biases. A Conv2d bias is one value per channel: thresholds
 that vary with the position too (a batch norm folded into a zero-padded
-convolution, passes/spiking.py) stay per-neuron v_threshold arrays, which NIR
+convolution, network_passes/step_network.py) stay per-neuron v_threshold arrays, which NIR
 allows but snnTorch's importer refuses; the metadata lists those nodes.
 Max pooling has no NIR node: on binary spikes it is an OR of the window, written
 as SumPool2d followed by a unit firing on a sum > 0.5 (exact). The N-hot key goes
@@ -118,7 +118,7 @@ class NirBuilder:
 
 
 def to_nir(network: Network, *, profile: str = "portable", dt: float = DEFAULT_DT):
-    """The step network (Spike units, see passes/spiking.py) as a ``nir.NIRGraph``."""
+    """The step network (Spike units, see network_passes/step_network.py) as a ``nir.NIRGraph``."""
     import nir
     if profile not in PROFILES:
         raise InputError(f"--nir-profile {profile!r}: expected one of {', '.join(PROFILES)}")

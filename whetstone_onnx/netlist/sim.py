@@ -42,25 +42,20 @@ with its own reused buffers.
 """
 from __future__ import annotations
 
-import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from ..errors import InputError
-from ..ops.decode import nhot_scores
-from ..ops.padding import window_cells
+from ..spiking_onnx import nhot_scores
+from .sim_compile import Step, compile_netlist
+from .sim_ops import Scratch, to_travel
 
 TIE_TOLERANCE = 1e-9
-COMPUTE_DTYPE = np.float32      # the fast path's sums for spiking populations (see above)
-RECORD_CHUNK = 1 << 22          # synapse records verified at a time (bounds compile memory)
 CHUNK_BYTES = 1 << 21           # float32 potentials of one batch chunk's largest population (measured best)
-COLUMN_BYTES = 1 << 19          # im2col columns built and multiplied at a time (within the core's cache)
 
 
 @dataclass
@@ -73,566 +68,10 @@ class SimResult:
     near_threshold: dict[str, int] = field(default_factory=dict)   # population -> potentials within tolerance
 
 
-class _Reject(Exception):
-    """A descriptor that cannot be used (the reason is the message): the CSR path takes over."""
-
-
-# ---------------------------------------------------------------- layouts
-# A population's values travel as (batch, count) arrays: a (C, H, W) population made by a
-# convolution or pooling channels last ((H, W, C) flattened), every other in its own C order.
-
-
-def _channels_last(population: dict, kind: str) -> bool:
-    return kind in ("conv2d", "maxpool2d", "avgpool2d") and len(population["shape"]) == 3
-
-
-def _positions(population: dict, channels_last: bool) -> np.ndarray | None:
-    """Where each neuron (C order) sits in the travelling array; None: in place."""
-    if not channels_last:
-        return None
-    c, h, w = population["shape"]
-    return np.arange(population["count"]).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
-
-
-def _to_travel(values: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
-    """Per-neuron values (C order, last axis) rearranged into the travelling order."""
-    if positions is None:
-        return values
-    travel = np.empty_like(values)
-    travel[..., positions] = values
-    return travel
-
-
-class _Scratch(threading.local):
-    """Per-thread buffers reused from chunk to chunk: fresh large arrays page-fault every time."""
-
-    def __init__(self):
-        self.arrays: dict = {}
-
-    def get(self, owner, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        """A buffer of this shape, zero-initialised when first made."""
-        key = (id(owner), name, shape, np.dtype(dtype))
-        if key not in self.arrays:
-            self.arrays[key] = np.zeros(shape, dtype)
-        return self.arrays[key]
-
-
-# ---------------------------------------------------------------- fast operators
-
-
-def _coordinates(shape) -> tuple[np.ndarray, ...]:
-    """(channel, row, column) of every C-order index of a (C, H, W) shape, int32."""
-    return tuple(a.astype(np.int32) for a in np.unravel_index(np.arange(math.prod(shape)), shape))
-
-
-def _divide(a: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray | int]:
-    """divmod, skipping the (slow) integer division by 1."""
-    return (a, 0) if b == 1 else np.divmod(a, b)
-
-
-@dataclass(eq=False)
-class _Geometry:
-    """A convolution or pooling window: output (co, oh, ow) reads input (ci, oh*s - pad + i*d, ...)."""
-
-    in_shape: tuple[int, int, int]       # (C, H, W) of the layer input
-    out_shape: tuple[int, int, int]
-    kernel: tuple[int, int]
-    strides: tuple[int, int]
-    dilations: tuple[int, int]
-    top: int
-    left: int
-
-    def __post_init__(self):
-        # Per input index: (channel, row, column); per output index: (channel, first row, first column).
-        self.inputs = _coordinates(self.in_shape)
-        channel, row, col = _coordinates(self.out_shape)
-        self.outputs = (channel, row * self.strides[0] - self.top, col * self.strides[1] - self.left)
-
-    def cells(self, out_rows: np.ndarray, out_cols: np.ndarray):
-        """((rows, rows inside), (columns, columns inside)): the input row (len(out_rows), kh) and column
-        (len(out_cols), kw) each kernel offset of these output rows / columns reads, clipped into the
-        input, and whether it lies inside it."""
-        _, height, width = self.in_shape
-        return (window_cells(out_rows, self.strides[0], self.top, self.kernel[0], self.dilations[0], height),
-                window_cells(out_cols, self.strides[1], self.left, self.kernel[1], self.dilations[1], width))
-
-    def inside(self) -> tuple[np.ndarray, np.ndarray]:
-        """(out_h, kh) and (out_w, kw): whether a kernel row / column of an output lies inside the input."""
-        _, out_h, out_w = self.out_shape
-        (_, rows), (_, cols) = self.cells(np.arange(out_h), np.arange(out_w))
-        return rows, cols
-
-    def offsets(self, k: np.ndarray, post: np.ndarray):
-        """Input channel, output channel, kernel row and column of each (input, output) pair (int32 indices),
-        and whether the pair is one of the window's."""
-        # Coordinates by table look-up: far faster than dividing millions of indices.
-        ci, row, col = (table[k] for table in self.inputs)
-        co, first_row, first_col = (table[post] for table in self.outputs)
-        i, i_rest = _divide(row - first_row, self.dilations[0])
-        j, j_rest = _divide(col - first_col, self.dilations[1])
-        # As unsigned, a negative offset is huge: one comparison tests both ends.
-        ok = (i.view(np.uint32) < self.kernel[0]) & (j.view(np.uint32) < self.kernel[1])
-        if self.dilations != (1, 1):
-            ok &= (i_rest == 0) & (j_rest == 0)
-        return ci, co, i, j, ok
-
-    def padded(self, x: np.ndarray, scratch: _Scratch, owner, dtype) -> np.ndarray:
-        """x (batch, H, W, C) in ``dtype``, inside zero borders wide enough for every window slice."""
-        (channels, height, width), (_, out_h, out_w) = self.in_shape, self.out_shape
-        bottom = max(0, (out_h - 1) * self.strides[0] + (self.kernel[0] - 1) * self.dilations[0] + 1
-                     - self.top - height)
-        right = max(0, (out_w - 1) * self.strides[1] + (self.kernel[1] - 1) * self.dilations[1] + 1
-                    - self.left - width)
-        if not (self.top or self.left or bottom or right) and x.dtype == dtype:
-            return x
-        shape = (len(x), self.top + height + bottom, self.left + width + right, channels)
-        buffer = scratch.get(owner, "padded", shape, dtype)       # borders stay zero: only the inside is written
-        buffer[:, self.top:self.top + height, self.left:self.left + width] = x
-        return buffer
-
-    def windows(self, padded: np.ndarray):
-        """Each kernel offset's strided slice (batch, out_h, out_w, C) of the padded input."""
-        (_, out_h, out_w), (sh, sw), (dh, dw) = self.out_shape, self.strides, self.dilations
-        for i in range(self.kernel[0]):
-            for j in range(self.kernel[1]):
-                yield padded[:, i * dh:i * dh + sh * (out_h - 1) + 1:sh, j * dw:j * dw + sw * (out_w - 1) + 1:sw]
-
-    def window_view(self, padded: np.ndarray) -> np.ndarray:
-        """All windows as a read-only view (batch, out_h, out_w, kh, kw, C) of the padded input."""
-        batch, row, col, channel = padded.strides
-        (_, out_h, out_w), (sh, sw), (dh, dw) = self.out_shape, self.strides, self.dilations
-        return np.lib.stride_tricks.as_strided(
-            padded, (len(padded), out_h, out_w, *self.kernel, padded.shape[3]),
-            (batch, row * sh, col * sw, row * dh, col * dw, channel), writeable=False)
-
-
-def _error_bound(weights: np.ndarray, axis) -> np.ndarray | None:
-    """Per output: a bound on |float32 sum - exact sum| for inputs of magnitude <= 1, or None in float64.
-
-    Any summation order of n float32 products errs by at most n u sum|w x| (u = eps / 2), the cast
-    of real inputs to float32 by u sum|w x| more; 2 u (n + 2) sum|w| covers both with room to spare.
-    """
-    if weights.dtype != np.float32:
-        return None
-    terms = np.count_nonzero(weights, axis=axis)
-    return np.finfo(np.float32).eps * (terms + 2) * np.abs(weights.astype(np.float64)).sum(axis=axis)
-
-
-@dataclass(eq=False)
-class _Dense:
-    kind = "dense"
-    matrix: np.ndarray                   # (pre count, post count) in the travelling orders
-
-    def __post_init__(self):
-        self.bound = _error_bound(self.matrix, 0)
-
-    def potential(self, x: np.ndarray, scratch: _Scratch) -> np.ndarray:
-        return x.astype(self.matrix.dtype, copy=False) @ self.matrix
-
-    def exact(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """float64 potentials of (sample, neuron) pairs."""
-        return np.einsum("ij,ji->i", x[rows].astype(np.float64), self.matrix[:, cols].astype(np.float64))
-
-
-@dataclass(eq=False)
-class _Conv:
-    kind = "conv2d"
-    geometry: _Geometry
-    gather: np.ndarray | None            # travelling positions of the layer input, (H, W, C) order
-    kernel: np.ndarray                   # (out, in per group, kh, kw) float32
-    group: int
-    dtype: type
-
-    def __post_init__(self):
-        out_ch, in_per_group, kh, kw = self.kernel.shape
-        per_group = out_ch // self.group
-        # Per group: (kh * kw * in per group, out per group), rows in (i, j, c) order like the columns.
-        self.weights = [np.ascontiguousarray(self.kernel[g * per_group:(g + 1) * per_group].transpose(2, 3, 1, 0)
-                                             .reshape(-1, per_group), self.dtype) for g in range(self.group)]
-        self.exact_kernel = self.kernel.transpose(0, 2, 3, 1).astype(np.float64)          # (out, kh, kw, in)
-        bound = _error_bound(self.kernel.astype(self.dtype).reshape(out_ch, -1), 1)
-        positions = self.geometry.out_shape[1] * self.geometry.out_shape[2]
-        self.bound = None if bound is None else np.tile(bound, positions)      # (H, W, C) travelling order
-
-    def exact(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """float64 potentials of (sample, travelling position) pairs, from the unpadded input."""
-        channels, _, width = self.geometry.in_shape
-        out_ch, in_per_group = self.kernel.shape[:2]
-        position, co = np.divmod(cols, out_ch)
-        oh, ow = np.divmod(position, self.geometry.out_shape[2])
-        (ih, row_ok), (iw, col_ok) = self.geometry.cells(oh, ow)                       # (F, kh), (F, kw)
-        inside = row_ok[:, :, None, None] & col_ok[:, None, :, None]
-        ci = (co // (out_ch // self.group))[:, None] * in_per_group + np.arange(in_per_group)   # (F, in)
-        element = ((ih[:, :, None, None] * width + iw[:, None, :, None]) * channels
-                   + ci[:, None, None, :])                                             # (F, kh, kw, in)
-        travel = element if self.gather is None else self.gather[element]
-        # One flat take is several times faster than indexing with two broadcast index arrays.
-        values = np.take(x, rows[:, None, None, None] * x.shape[1] + travel) * inside
-        return np.einsum("fk,fk->f", values.reshape(len(rows), -1).astype(np.float64),
-                         self.exact_kernel[co].reshape(len(rows), -1))
-
-    def potential(self, x: np.ndarray, scratch: _Scratch) -> np.ndarray:
-        channels, height, width = self.geometry.in_shape
-        out_ch, out_h, out_w = self.geometry.out_shape
-        x = (x if self.gather is None else x[:, self.gather]).reshape(len(x), height, width, channels)
-        in_per_group, per_group = channels // self.group, out_ch // self.group
-        out = scratch.get(self, "out", (len(x), out_h * out_w, out_ch), self.dtype)
-        # A few samples at a time, so their columns stay in the core's cache for the product.
-        step = max(1, COLUMN_BYTES // (out_h * out_w * self.weights[0].shape[0] * np.dtype(self.dtype).itemsize))
-        for start in range(0, len(x), step):
-            padded = self.geometry.padded(x[start:start + step], scratch, self, self.dtype)
-            rows = out[start:start + step].reshape(-1, out_ch)
-            for g, weight in enumerate(self.weights):
-                columns = self._columns(padded[..., g * in_per_group:(g + 1) * in_per_group], scratch)
-                if self.group == 1:
-                    np.matmul(columns, weight, out=rows)
-                else:
-                    rows[:, g * per_group:(g + 1) * per_group] = columns @ weight
-        return out.reshape(len(x), -1)
-
-    def _columns(self, padded: np.ndarray, scratch: _Scratch) -> np.ndarray:
-        """im2col: (samples x output positions, kh x kw x channels), columns in (i, j, c) order."""
-        samples, channels = len(padded), padded.shape[3]
-        _, out_h, out_w = self.geometry.out_shape
-        kh, kw = self.geometry.kernel
-        if channels <= 3:
-            # Few channels: copying one channel of one window at a time moves whole rows, far faster
-            # than interleaving runs of 1 to 3 values (the transpose is free in BLAS).
-            columns = scratch.get(self, "columns_t", (kh * kw * channels, samples, out_h, out_w), self.dtype)
-            for k, window in enumerate(self.geometry.windows(padded)):
-                for c in range(channels):
-                    columns[k * channels + c] = window[..., c]
-            return columns.reshape(kh * kw * channels, -1).T
-        columns = scratch.get(self, "columns", (samples, out_h, out_w, kh, kw, channels), self.dtype)
-        np.copyto(columns, self.geometry.window_view(padded))
-        return columns.reshape(samples * out_h * out_w, -1)
-
-
-@dataclass(eq=False)
-class _Pool:
-    """A window sum of each channel times the window's weight (average pooling), or the window's spike
-    count (max pooling of spikes: an OR neuron fires on a count >= its threshold)."""
-
-    kind: str                            # maxpool2d or avgpool2d
-    geometry: _Geometry
-    gather: np.ndarray | None
-    weight: np.ndarray | None            # (out_h, out_w, 1) float64 for average pooling
-
-    def __post_init__(self):
-        cells = self.geometry.kernel[0] * self.geometry.kernel[1]
-        # Spike counts in the smallest integers that hold a window's count and one more.
-        self.dtype = np.float64 if self.weight is not None else np.uint8 if cells < 255 else np.uint32
-
-    def potential(self, x: np.ndarray, scratch: _Scratch) -> np.ndarray:
-        channels, height, width = self.geometry.in_shape
-        x = (x if self.gather is None else x[:, self.gather]).reshape(len(x), height, width, channels)
-        padded = self.geometry.padded(x.view(np.uint8) if x.dtype == bool else x, scratch, self, self.dtype)
-        windows = self.geometry.windows(padded)
-        first = next(windows)
-        out = scratch.get(self, "out", first.shape, self.dtype)
-        np.copyto(out, first)
-        for window in windows:
-            np.add(out, window, out=out)
-        if self.weight is not None:
-            out *= self.weight
-        return out.reshape(len(x), -1)
-
-    def threshold(self, threshold: np.ndarray) -> np.ndarray:
-        """The threshold to compare this operator's potentials with: counts reach t when they reach ceil(t)."""
-        if self.weight is not None:
-            return threshold
-        cells = self.geometry.kernel[0] * self.geometry.kernel[1]
-        return np.clip(np.ceil(threshold), 0, cells + 1).astype(self.dtype)
-
-
-@dataclass(eq=False)
-class _Sparse:
-    kind = "csr"
-    matrix: sp.csr_matrix                # (post count, sum of pre counts) float64, neurons in C order
-    positions: list[np.ndarray | None]   # per pre population: where its neurons travel
-
-    def potential(self, *xs: np.ndarray, scratch: _Scratch | None = None) -> np.ndarray:
-        columns = [x if p is None else x[:, p] for x, p in zip(xs, self.positions)]
-        pre = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
-        return np.ascontiguousarray((self.matrix @ np.asarray(pre, np.float64).T).T)
-
-
-# ---------------------------------------------------------------- compile
-
-
-@dataclass(eq=False)
-class _Step:
-    population: dict
-    pre: list[dict]                         # pre populations, by first id
-    op: _Dense | _Conv | _Pool | _Sparse
-    fan_out: list[np.ndarray]               # per pre population: synapses per neuron, travelling order
-    threshold: np.ndarray | None            # (count,) float32 as in the file, travelling order
-    bias: np.ndarray | None
-    positions: np.ndarray | None            # where this population's neurons travel
-    fallback: str | None = None             # why the CSR path was taken
-
-    def __post_init__(self):
-        # What the operator's potentials are compared with (spike counts: an integer threshold).
-        self.compare = self.op.threshold(self.threshold) if isinstance(self.op, _Pool) and \
-            self.threshold is not None else self.threshold
-
-    @property
-    def path(self) -> str:
-        return self.op.kind
-
-    @property
-    def name(self) -> str:
-        return self.population["name"]
-
-
-def compile_netlist(netlist) -> list[_Step]:
-    """One step per non-input population: a verified fast operator, or else its CSR matrix."""
-    populations = {p["name"]: p for p in netlist.populations}
-    incoming: dict[str, list[dict]] = {}
-    for projection in netlist.projections:
-        incoming.setdefault(projection["post"], []).append(projection)
-    positions = {netlist.populations[0]["name"]: None}
-    steps = []
-    for population in netlist.populations[1:]:
-        projections = incoming.get(population["name"], [])
-        pre = sorted({name for pr in projections for name in pr["pre"]}, key=lambda n: populations[n]["first_id"])
-        if not pre:
-            raise InputError(f"{netlist.path}: population '{population['name']}' has no incoming projection")
-        pre_pops = [populations[n] for n in pre]
-        try:
-            if len(projections) != 1 or len(pre) != 1:
-                raise _Reject(f"{len(projections)} incoming projections from {len(pre)} populations")
-            op, fan_out = _fast(netlist, projections[0], pre_pops[0], population, positions[pre[0]])
-            fallback = None
-        except _Reject as reason:
-            op, fan_out = _sparse(netlist, projections, pre_pops, population, [positions[n] for n in pre])
-            fallback = str(reason)
-        here = _positions(population, _channels_last(population, op.kind))
-        positions[population["name"]] = here
-        threshold = None
-        if population["kind"] in ("spiking", "or"):
-            threshold = _to_travel(np.asarray(netlist.thresholds(population), np.float32), here)
-        bias = None
-        if population.get("bias") is not None:
-            bias = _to_travel(np.asarray(population["bias"], np.float64), here)
-        steps.append(_Step(population, pre_pops, op, fan_out, threshold, bias, here, fallback))
-    return steps
-
-
-def _sparse(netlist, projections, pre_pops, population, positions) -> tuple[_Sparse, list[np.ndarray]]:
-    """The CSR matrix of every record into ``population`` (the path that needs no descriptor)."""
-    starts = np.array([p["first_id"] for p in pre_pops], np.int64)
-    columns_before = np.cumsum([0] + [p["count"] for p in pre_pops])
-    n_pre = int(columns_before[-1])
-    matrix = sp.csr_matrix((population["count"], n_pre), dtype=np.float64)
-    for projection in projections:
-        records = netlist.projection_synapses(projection)
-        pre_ids = np.asarray(records["pre"], np.int64)
-        which = np.searchsorted(starts, pre_ids, side="right") - 1
-        columns = pre_ids - starts[which] + columns_before[which]
-        rows = np.asarray(records["post"], np.int64) - population["first_id"]
-        if len(rows) and (rows.min() < 0 or rows.max() >= population["count"] or columns.min() < 0
-                          or (columns >= np.asarray(columns_before[1:])[which]).any()):
-            raise InputError(f"{netlist.path}: projection '{projection['name']}' has synapses outside "
-                             "its populations")
-        matrix = matrix + sp.csr_matrix((np.asarray(records["weight"], np.float64), (rows, columns)),
-                                        shape=matrix.shape)
-    matrix = matrix.tocsr()
-    matrix.sum_duplicates()
-    fan_out = np.bincount(matrix.indices, minlength=n_pre).astype(np.float64)
-    per_pre = [_to_travel(fan_out[a:b], p) for a, b, p in zip(columns_before[:-1], columns_before[1:], positions)]
-    return _Sparse(matrix, positions), per_pre
-
-
-# ---------------------------------------------------------------- descriptors, verified
-
-
-def _fast(netlist, projection, pre_pop, population, pre_positions):
-    """The fast operator of ``projection`` and the pre population's fan-out, or ``_Reject``."""
-    connectivity = projection.get("connectivity")
-    if not connectivity:
-        raise _Reject("no connectivity descriptor")
-    try:
-        kind = connectivity["kind"]
-        if list(connectivity["output_shape"]) != list(population["shape"]):
-            raise _Reject("output_shape is not the post population's shape")
-        index = _layer_input(connectivity, pre_pop)
-        if kind == "dense":
-            return _verify_dense(netlist, projection, index, pre_pop, population, pre_positions)
-        if kind == "conv2d":
-            return _verify_conv(netlist, projection, connectivity, index, pre_pop, population, pre_positions)
-        if kind in ("maxpool2d", "avgpool2d"):
-            return _verify_pool(netlist, projection, connectivity, index, pre_pop, population, pre_positions)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _Reject(f"malformed connectivity descriptor ({type(exc).__name__}: {exc})") from None
-    raise _Reject(f"connectivity kind {kind!r} has no fast path")
-
-
-def _layer_input(connectivity: dict, pre_pop: dict) -> np.ndarray:
-    """The pre neuron (C order index) of every element of the layer's input tensor: pre_view applied."""
-    index = np.arange(pre_pop["count"]).reshape(pre_pop["shape"])
-    for step, argument in connectivity["pre_view"]:
-        if step == "reshape":
-            index = index.reshape(argument)
-        elif step == "transpose" and sorted(argument) == list(range(index.ndim)):
-            index = index.transpose(argument)
-        else:
-            raise _Reject(f"pre_view step {step!r} {argument!r}")
-    if list(index.shape) != list(connectivity["input_shape"]):
-        raise _Reject(f"pre_view gives {list(index.shape)}, input_shape is {connectivity['input_shape']}")
-    return index
-
-
-def _records(netlist, projection, pre_pop, population):
-    """(pre index, post index, weight) of the projection's records, a chunk at a time, indices int32."""
-    if max(pre_pop["count"], population["count"]) > np.iinfo(np.int32).max:
-        raise _Reject("a population too large for 32-bit indices")
-    records = netlist.projection_synapses(projection)
-    for start in range(0, len(records), RECORD_CHUNK):
-        part = records[start:start + RECORD_CHUNK]
-        # uint32 differences: an id below the population wraps to at least 2^32 - first_id >= count.
-        pre = part["pre"] - np.uint32(pre_pop["first_id"])
-        post = part["post"] - np.uint32(population["first_id"])
-        if len(pre) and (pre.max() >= pre_pop["count"] or post.max() >= population["count"]):
-            raise _Reject("synapses outside the projection's populations")
-        yield pre.view(np.int32), post.view(np.int32), np.asarray(part["weight"])
-
-
-class _Table:
-    """Compact weights rebuilt from records: each record names a slot and a (post, slot) key; keys must
-    ascend (so no slot is written twice) and every record of a slot must carry the same weight."""
-
-    def __init__(self, size: int):
-        self.weights = np.full(size, np.nan, np.float32)
-        self.last = -1
-        self.records = 0
-
-    def add(self, key: np.ndarray, slot: np.ndarray, weight: np.ndarray) -> None:
-        if len(key) and (key[0] <= self.last or (np.diff(key) <= 0).any()):
-            raise _Reject("synapses not in (post, slot) order: a slot may repeat")
-        unseen = np.isnan(self.weights[slot])
-        self.weights[slot[unseen]] = weight[unseen]
-        if not np.array_equal(self.weights[slot], weight):
-            raise _Reject("records of one slot carry different weights")
-        self.last = int(key[-1]) if len(key) else self.last
-        self.records += len(key)
-
-    def compact(self) -> np.ndarray:
-        """The weights, slots that no record names as 0."""
-        return np.nan_to_num(self.weights, nan=0.0)
-
-    def expect(self, expected: int) -> None:
-        if self.records != expected:
-            raise _Reject(f"{self.records} records, the descriptor's non-zero slots inside the input make "
-                          f"{expected}")
-
-
-def _inverse(index: np.ndarray) -> np.ndarray:
-    """Layer-input position of every pre neuron (pre_view is a permutation)."""
-    k_of_pre = np.empty(index.size, np.int32)
-    k_of_pre[index.reshape(-1)] = np.arange(index.size)
-    return k_of_pre
-
-
-def _gather(index: np.ndarray, pre_positions: np.ndarray | None) -> np.ndarray | None:
-    """Travelling positions of the (C, H, W) layer input in (H, W, C) order; None when it is a reshape."""
-    travel = index if pre_positions is None else pre_positions[index]
-    gather = travel.transpose(1, 2, 0).reshape(-1)
-    return None if np.array_equal(gather, np.arange(gather.size)) else gather
-
-
-def _dtype(population: dict):
-    return COMPUTE_DTYPE if population["kind"] == "spiking" else np.float64
-
-
-def _verify_dense(netlist, projection, index, pre_pop, population, pre_positions):
-    n_in, n_out = index.size, population["count"]
-    k_of_pre = _inverse(index)
-    table = _Table(n_out * n_in)
-    fan_out = np.zeros(pre_pop["count"], np.int64)
-    for pre, post, weight in _records(netlist, projection, pre_pop, population):
-        slot = post.astype(np.int64) * n_in + k_of_pre[pre]
-        table.add(slot, slot, weight)
-        fan_out += np.bincount(pre, minlength=pre_pop["count"])
-    matrix = table.compact().reshape(n_out, n_in)[:, k_of_pre]        # (post, pre neuron)
-    if pre_positions is not None:
-        matrix = _to_travel(matrix, pre_positions)
-    return (_Dense(np.ascontiguousarray(matrix.T, dtype=_dtype(population))),
-            [_to_travel(fan_out.astype(np.float64), pre_positions)])
-
-
-def _window_geometry(connectivity: dict, dilations) -> _Geometry:
-    shapes = [tuple(int(d) for d in connectivity[k]) for k in ("input_shape", "output_shape")]
-    kernel = tuple(int(d) for d in connectivity["kernel_shape"][-2:])
-    strides = tuple(int(d) for d in connectivity["strides"])
-    pads = [int(p) for p in connectivity["pads"]]
-    dilations = tuple(int(d) for d in dilations)
-    if any(len(s) != 3 for s in shapes) or len(kernel) != 2 or len(strides) != 2 or len(dilations) != 2 \
-            or len(pads) != 4 or min(*kernel, *strides, *dilations) < 1 or min(pads) < 0:
-        raise _Reject("window parameters out of range")
-    return _Geometry(shapes[0], shapes[1], kernel, strides, dilations, pads[0], pads[1])
-
-
-def _verify_conv(netlist, projection, connectivity, index, pre_pop, population, pre_positions):
-    geometry = _window_geometry(connectivity, connectivity["dilations"])
-    out_ch, in_per_group, kh, kw = (int(d) for d in connectivity["kernel_shape"])
-    group = int(connectivity["group"])
-    if group < 1 or out_ch % group or out_ch != geometry.out_shape[0] or in_per_group * group != geometry.in_shape[0]:
-        raise _Reject("kernel_shape and group do not fit the input and output channels")
-    per_position = in_per_group * kh * kw
-    k_of_pre = _inverse(index)
-    table = _Table(out_ch * per_position)
-    fan_out = np.zeros(pre_pop["count"], np.int64)
-    for pre, post, weight in _records(netlist, projection, pre_pop, population):
-        ci, co, i, j, ok = geometry.offsets(k_of_pre[pre], post)
-        local = ci if group == 1 else ci - (co // (out_ch // group)) * in_per_group
-        if not (ok & (local >= 0) & (local < in_per_group)).all():
-            raise _Reject("a synapse outside its output's window or group")
-        within = (local * kh + i) * kw + j
-        table.add(post.astype(np.int64) * per_position + within, co * per_position + within, weight)
-        fan_out += np.bincount(pre, minlength=pre_pop["count"])
-    kernel = table.compact().reshape(out_ch, in_per_group, kh, kw)
-    rows, cols = geometry.inside()
-    inside = rows.sum(axis=0)[:, None] * cols.sum(axis=0)[None, :]              # outputs per kernel offset
-    table.expect(int(((kernel != 0) * inside).sum()))
-    op = _Conv(geometry, _gather(index, pre_positions), kernel, group, _dtype(population))
-    return op, [_to_travel(fan_out.astype(np.float64), pre_positions)]
-
-
-def _verify_pool(netlist, projection, connectivity, index, pre_pop, population, pre_positions):
-    kind = connectivity["kind"]
-    geometry = _window_geometry(connectivity, (1, 1))
-    channels, out_h, out_w = geometry.out_shape
-    if channels != geometry.in_shape[0]:
-        raise _Reject("pooling changes the channel count")
-    if kind == "maxpool2d" and (pre_pop["kind"] not in ("spiking", "or") or population["kind"] != "or"
-                                or not np.isfinite(netlist.thresholds(population)).all()):
-        raise _Reject("max pooling of values that are not spikes into an OR population")
-    kh, kw = geometry.kernel
-    k_of_pre = _inverse(index)
-    table = _Table(out_h * out_w)                                   # one weight per window position
-    fan_out = np.zeros(pre_pop["count"], np.int64)
-    for pre, post, weight in _records(netlist, projection, pre_pop, population):
-        ci, co, i, j, ok = geometry.offsets(k_of_pre[pre], post)
-        if not (ok & (ci == co)).all():
-            raise _Reject("a synapse outside its output's window or channel")
-        table.add(post.astype(np.int64) * (kh * kw) + i * kw + j, post % (out_h * out_w), weight)
-        fan_out += np.bincount(pre, minlength=pre_pop["count"])
-    weights = table.compact().reshape(out_h, out_w)
-    if kind == "maxpool2d" and not (weights == 1.0).all():
-        raise _Reject("max pooling synapses of weight other than 1")
-    rows, cols = geometry.inside()
-    cells = rows.sum(axis=1)[:, None] * cols.sum(axis=1)[None, :]               # input cells per window
-    table.expect(int(channels * ((weights != 0) * cells).sum()))
-    weight = None if kind == "maxpool2d" else weights.astype(np.float64)[:, :, None]
-    return (_Pool(kind, geometry, _gather(index, pre_positions), weight),
-            [_to_travel(fan_out.astype(np.float64), pre_positions)])
-
-
 # ---------------------------------------------------------------- run
 
 
-def simulate_netlist(netlist, x: np.ndarray, *, batch: int | None = None, steps: list[_Step] | None = None,
+def simulate_netlist(netlist, x: np.ndarray, *, batch: int | None = None, steps: list[Step] | None = None,
                      forced: dict[str, np.ndarray] | None = None, keep_outputs: bool = True,
                      keep_potentials: bool = False, workers: int | None = None) -> SimResult:
     """Run the netlist on a batch ``x`` shaped like the network input (or flat per sample).
@@ -700,7 +139,7 @@ def _to_neuron_order(values: np.ndarray, positions: np.ndarray | None, shape) ->
     return values.reshape(batch, height, width, channels).transpose(0, 3, 1, 2)
 
 
-def _chunk_size(steps: list[_Step]) -> int:
+def _chunk_size(steps: list[Step]) -> int:
     """Samples per chunk: the largest population's float32 potentials stay near CHUNK_BYTES, 8 to 512
     (fewer samples: Python's per-step overhead dominates; more: the chunk leaves the core's cache)."""
     per_sample = 4 * max(step.population["count"] for step in steps)
@@ -719,7 +158,7 @@ class _Run:
         self.synops = 0.0
         self.near = {s.name: 0 for s in steps if s.population["kind"] == "spiking"}
         self.spikes = {s.name: 0 for s in steps if s.threshold is not None}
-        self.scratch = _Scratch()
+        self.scratch = Scratch()
         # Potentials within this of a spiking population's threshold are counted as ties.
         self.tolerance = {s.name: TIE_TOLERANCE * np.maximum(1.0, np.abs(s.threshold.astype(np.float64)))
                           for s in steps if s.population["kind"] == "spiking"}
@@ -754,7 +193,7 @@ class _Run:
             values[step.name] = value
         return synops, near, spikes
 
-    def _spikes(self, step: _Step, inputs: list[np.ndarray], potential: np.ndarray):
+    def _spikes(self, step: Step, inputs: list[np.ndarray], potential: np.ndarray):
         """Spikes of a spiking population, its exact (float64) potentials near the threshold as
         (rows, columns, values) and how many lie within the tie tolerance.
 
@@ -778,7 +217,7 @@ class _Run:
         ties = int(np.count_nonzero(np.abs(exact - threshold) <= self.tolerance[step.name][cols]))
         return value, (rows, cols, exact), ties
 
-    def _band(self, step: _Step, bound: np.ndarray | None, scale: float, dtype) -> tuple[np.ndarray, np.ndarray]:
+    def _band(self, step: Step, bound: np.ndarray | None, scale: float, dtype) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) in the potential's dtype, rounded outwards: the tie tolerance around the threshold,
         or the float32 error bound for inputs of magnitude <= scale where that is wider."""
         key = (step.name, scale)
@@ -793,13 +232,13 @@ class _Run:
             self.bands[key] = band
         return self.bands[key]
 
-    def _forced(self, step: _Step, start: int, end: int, value: np.ndarray) -> np.ndarray:
+    def _forced(self, step: Step, start: int, end: int, value: np.ndarray) -> np.ndarray:
         given = np.asarray(self.forced[step.name][start:end]).reshape(len(value), -1)
         if step.threshold is not None:
             if not np.isin(given, (0, 1)).all():
                 raise InputError(f"forced values of population '{step.name}' are not spikes (0 or 1)")
             given = given != 0
-        return _to_travel(given.astype(value.dtype), step.positions)
+        return to_travel(given.astype(value.dtype), step.positions)
 
     def add(self, totals: tuple[float, dict, dict]) -> None:
         synops, near, spikes = totals

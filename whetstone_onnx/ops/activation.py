@@ -12,7 +12,7 @@ and the binary Spike they become at sharpness 1.
 The project's own BoundedRelu / SharpSigmoid nodes lift as they are, and so do the
 chains Keras' ONNX export writes for the ``whetstone_onnx.keras`` layers (their
 sharpness frozen into the graph), recognised below. GELU and SiLU have no opset-18
-op: exporters write them out as formulas, which passes/pointwise.py recognises by
+op: exporters write them out as formulas, which onnx_passes/pointwise.py recognises by
 what they compute (POINTWISE_FUNCTIONS) and replaces with the project-domain
 Gelu / GeluTanh / Silu nodes lifted here.
 """
@@ -27,7 +27,7 @@ from scipy import special
 
 from ..errors import UnsupportedModelError
 from ..network import Layer, OnnxBuilder
-from ..passes.graph import data_input, follow_chain, scalar_operand
+from ..onnx_graph import data_input, follow_chain, scalar_operand
 from ..spiking_onnx import (BRELU_THRESHOLD, DOMAIN, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN,
                             SIGMOID_THRESHOLD)
 from .registry import LiftContext, Recognised, lifts, recognises
@@ -65,7 +65,7 @@ FLOAT_FUNCTIONS = {
     "Silu": lambda x: x * _sigmoid(x),
 }
 # The functions of one variable a chain of elementwise standard ops may compute
-# (passes/pointwise.py): exporters write GELU and SiLU, and sometimes the others, that way.
+# (onnx_passes/pointwise.py): exporters write GELU and SiLU, and sometimes the others, that way.
 POINTWISE_FUNCTIONS = ("Relu", "Sigmoid", "Tanh", "Softplus", "HardSwish", "Mish", "Gelu", "GeluTanh", "Silu")
 # Those with no opset-18 op: recognised into project-domain nodes of these names.
 FORMULA_ONLY = ("Gelu", "GeluTanh", "Silu")

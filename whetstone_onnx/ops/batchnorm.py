@@ -1,9 +1,9 @@
 """Batch normalization that the ONNX passes could not fold into a linear layer
-(passes/batchnorm.py): typically one after an activation and before a
+(onnx_passes/batchnorm_folds.py): typically one after an activation and before a
 zero-padded Conv, or one on the input, including those Keras writes as a Mul
 and an Add. It stays a layer of the float and sharpenable networks, is trained
 through Keras, and is folded away exactly when the step network is made
-(passes/spiking.py), so no spiking artifact carries it.
+(network_passes/step_network.py), so no spiking artifact carries it.
 
 y = gamma * (x - mean) / sqrt(var + epsilon) + beta, per channel: axis 0 of the
 per-sample tensor, i.e. C of (C, H, W) or the features of (F,).
@@ -14,16 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..network import Layer, OnnxBuilder
+from ..network import Layer, OnnxBuilder, batchnorm_affine
 from .registry import LiftContext, lifts
-
-
-def batchnorm_affine(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, shift) in float64 with gamma (x - mean) / sqrt(var + epsilon) + beta = x * scale + shift:
-    the one formula every batch-norm fold uses (ONNX passes, Keras builder and write-back, step network)."""
-    gamma, beta, mean, var = (np.asarray(p, np.float64) for p in (gamma, beta, mean, var))
-    scale = gamma / np.sqrt(var + epsilon)
-    return scale, beta - mean * scale
 
 
 @dataclass(eq=False)

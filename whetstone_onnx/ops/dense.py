@@ -1,4 +1,4 @@
-"""Fully connected layers: ONNX Gemm (canonical form, see passes/linear.py)."""
+"""Fully connected layers: ONNX Gemm (canonical form, see onnx_passes/linear.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

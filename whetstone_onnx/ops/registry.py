@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import UnsupportedModelError
-from ..passes.graph import const_array, static_shape
+from ..onnx_graph import const_array, static_shape
 from .padding import same_padding
 
 Lifter = Callable[[ir.Node, "LiftContext"], object]
@@ -43,7 +43,7 @@ class Recognised:
 
 
 Recogniser = Callable[[ir.Node], "Recognised | None"]
-# First op type of the chain -> recognisers; see passes/recognise.py.
+# First op type of the chain -> recognisers; see onnx_passes/recognise.py.
 RECOGNISERS: dict[str, list[Recogniser]] = {}
 
 

@@ -51,7 +51,7 @@ def convert_zoo(manifest: str | Path, out_dir: str | Path, *, jobs: int = 1, res
                 executor: str = "local", scheduler: str | None = None, fail_fast: bool = False,
                 timeout: float = DEFAULT_TIMEOUT_S, memory_limit: int | None = None,
                 progress: bool = False) -> ZooResult:
-    """See ``api.convert_zoo``."""
+    """See ``zoo.convert_zoo``."""
     _validate_settings(jobs, executor, scheduler, timeout, memory_limit)
     zoo = read_manifest(manifest)
     out = Path(out_dir)

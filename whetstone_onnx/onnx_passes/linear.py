@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import UnsupportedModelError
-from .graph import add_initializer, bypass, const_array, only_consumer, replace_node, static_shape
+from ..onnx_graph import add_initializer, bypass, const_array, only_consumer, replace_node, static_shape
 
 
 def canonicalise_linear(model: ir.Model) -> int:

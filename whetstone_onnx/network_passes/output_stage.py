@@ -25,7 +25,8 @@ from ..errors import UnsupportedModelError
 from ..network import Network
 from ..ops.activation import Sharpenable
 from ..ops.conv import Conv2d
-from ..ops.decode import NHotDecode, nhot_key
+from ..ops.decode import NHotDecode
+from ..spiking_onnx import nhot_key
 from ..ops.dense import Dense
 from ..ops.shape import Reshape
 

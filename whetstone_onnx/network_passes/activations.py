@@ -1,6 +1,8 @@
 """Network passes that turn float activations into sharpenable Whetstone units."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..errors import UnsupportedModelError
@@ -10,7 +12,7 @@ from ..ops.batchnorm import BatchNorm
 from ..ops.merge import Add, Concat
 from ..ops.pool import AvgPool2d
 from ..spiking_onnx import SHARPNESS_EPSILON, SIGMOID_GAIN
-from .spiking import check_batchnorm_folds, sink_batchnorms
+from .step_network import check_batchnorm_folds, sink_batchnorms
 
 # Activations no Whetstone unit reproduces: a bounded ReLU stands in, scaled from data as Relu's.
 APPROXIMATED_OPS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Softplus", "HardSwish", "Mish", "Gelu", "GeluTanh", "Silu")
@@ -25,18 +27,54 @@ def activations_before_pooling(network: Network) -> int:
     Mish, GELU and SiLU are not, but become bounded ReLUs, which are), and reshapes commute with
     every elementwise op; after this pass each activation
     directly follows the Dense / Conv whose bias becomes its threshold. A batch
-    norm before max pooling moves below it when that is exact (passes/spiking.py),
+    norm before max pooling moves below it when that is exact (network_passes/step_network.py),
     so that what training does to its scales cannot stop it from folding.
     """
     count = 0
-    for layer in [layer for layer in network.layers if isinstance(layer, (Activation, Sharpenable))]:
+    pending = [layer for layer in network.layers if isinstance(layer, (Activation, Sharpenable))]
+    while pending:
+        layer = pending.pop(0)
         while True:
-            producer = network.producer(network.index_of(layer))
-            if producer is None or not network.layers[producer].commutes_with_activations:
+            index = network.index_of(layer)
+            producer = network.producer(index)
+            if producer is not None and network.layers[producer].commutes_with_activations:
+                network.swap_with_follower(producer)
+            elif _concat_before(network, index) is not None:
+                pending += _split_over_concat(network, index)
+                count += 1
                 break
-            network.swap_with_follower(producer)
+            else:
+                break
             count += 1
     return count + sink_batchnorms(network)
+
+
+def _concat_before(network: Network, index: int) -> int | None:
+    """The Concat that only the activation at ``index`` reads, if it reads one."""
+    (source,) = network.source_indices(index)
+    if source >= 0 and isinstance(network.layers[source], Concat) and network.only_reader(source) == index:
+        return source
+    return None
+
+
+def _split_over_concat(network: Network, index: int) -> list:
+    """act(concat(a, b, ...)) == concat(act(a), act(b), ...): one copy of the activation per part,
+    before the Concat (a per-channel PRelu slope split with the channels); returns the copies."""
+    activation, position = network.layers[index], _concat_before(network, index)
+    concat, shapes = network.layers[position], network.shapes()
+    channels = [(network.input_shape if part < 0 else shapes[part])[0] for part in network.source_indices(position)]
+    copies, offset = [], 0
+    for k, (name, width) in enumerate(zip(network.sources(position), channels)):
+        slope = activation.slope if getattr(activation, "slope", None) is None or activation.slope.size == 1 \
+            else activation.slope[offset:offset + width]
+        copy = dataclasses.replace(activation, name=f"{activation.name}/{k}",
+                                   **({"slope": slope} if hasattr(activation, "slope") else {}))
+        network.insert(network.index_of(concat), copy, (name,))
+        copies.append(copy)
+        offset += width
+    network.set_sources(network.index_of(concat), tuple(copy.name for copy in copies))
+    network.remove(network.index_of(activation))
+    return copies
 
 
 def compensate_output_scale(network: Network, index: int, factor: float) -> None:

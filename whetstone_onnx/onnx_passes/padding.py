@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .graph import const_array
+from ..onnx_graph import const_array
 
 # op type -> the attribute value its pads must mean "zeros, counted" for the fold to be exact
 FOLDS_INTO = {"Conv": None, "AveragePool": ("count_include_pad", 1)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .graph import bypass
+from ..onnx_graph import bypass
 
 OUTPUT_NORMALISERS = ("Softmax", "LogSoftmax")
 REMOVED_NORMALISER = "whetstone_onnx.removed_normaliser"

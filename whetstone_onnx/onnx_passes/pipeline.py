@@ -12,12 +12,12 @@ import onnx
 import onnx_ir as ir
 
 from ..ops import lifter_for
-from .batchnorm import SCALE_SHIFT_OPS, batchnorm_from_scale_shift, fold_batchnorm, fold_scale_shift
+from .batchnorm_folds import SCALE_SHIFT_OPS, batchnorm_from_scale_shift, fold_batchnorm, fold_scale_shift
 from .cleanup import PASS_THROUGH_OPS, fold_constants, lift_constants, pin_batch, remove_dead_nodes, \
     remove_pass_through
 from .layout import fold_layout_transpose, move_transposes
 from .linear import canonicalise_linear
-from .output import OUTPUT_NORMALISERS, remove_output_softmax
+from .normalisers import OUTPUT_NORMALISERS, remove_output_softmax
 from .padding import fold_zero_padding
 from .pointwise import recognise_pointwise_activations
 from .recognise import recognise_whetstone_layers
@@ -57,7 +57,7 @@ PASS_HANDLED_OPS = frozenset((*PASS_THROUGH_OPS, *SHAPE_ARITHMETIC_OPS, "BatchNo
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
     """(op type, node name) of every node no pass or op family handles. The nodes of a
-    chain an op family recognises (passes/recognise.py, passes/pointwise.py) count as
+    chain an op family recognises (onnx_passes/recognise.py, onnx_passes/pointwise.py) count as
     handled: the passes up to the recognitions run first, as in the conversion, so that
     constants are in place."""
     graph = ir.serde.deserialize_model(model)

@@ -1,6 +1,6 @@
 """Data-driven scale calibration of unbounded units: ReLU's, and the bounded ReLUs
 that stand in for LeakyRelu, Elu and the other unbounded activations
-(passes/activations.py: CALIBRATED_SOURCES).
+(network_passes/activations.py: CALIBRATED_SOURCES).
 
 A bounded ReLU saturates at 1, a ReLU does not. Dividing a layer's weights and
 bias by a high percentile p of its positive pre-activations (and giving p back

@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from ..ops.registry import RECOGNISERS
 from ..spiking_onnx import DOMAIN, DOMAIN_VERSION
-from .graph import add_initializer, replace_node
+from ..onnx_graph import add_initializer, replace_node
 
 
 def recognise_whetstone_layers(model: ir.Model) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..errors import UnsupportedModelError
+from .errors import UnsupportedModelError
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:

@@ -18,7 +18,7 @@ from scipy import special
 from ..ops.activation import FLOAT_FUNCTIONS, FORMULA_ONLY, POINTWISE_FUNCTIONS
 from ..ops.registry import lifter_for
 from ..spiking_onnx import DOMAIN, DOMAIN_VERSION
-from .graph import const_array, replace_node
+from ..onnx_graph import const_array, replace_node
 
 # The elementwise ops an island may hold, as float64 NumPy functions of their inputs
 # (and attributes, for those that have any).

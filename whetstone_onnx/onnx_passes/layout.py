@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..spiking_onnx import DOMAIN
-from .graph import add_initializer, bypass, const_array, data_input, only_consumer, static_shape
+from ..onnx_graph import add_initializer, bypass, const_array, data_input, only_consumer, static_shape
 
 # Elementwise ops with scalar parameters; Mul / Add / Sub / Div with a constant also
 # let a transpose cross them (the constant's axes permuted along).

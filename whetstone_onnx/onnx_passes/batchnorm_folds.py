@@ -10,15 +10,15 @@ the same kind of map. Each is folded, in float64:
     zero padding: padding would add zeros where the map would have put t.
 Maps that fit neither stay BatchNormalization nodes (a Mul / Add / Sub / Div
 becomes one, merged into the batch norm before it), which the op family
-ops/batchnorm.py lifts; the step network folds them (passes/spiking.py).
+ops/batchnorm.py lifts; the step network folds them (network_passes/step_network.py).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
-from ..ops.batchnorm import batchnorm_affine
-from .graph import add_initializer, bypass, const_array, only_consumer, per_channel, replace_node, static_shape
+from ..network import batchnorm_affine
+from ..onnx_graph import add_initializer, bypass, const_array, only_consumer, per_channel, replace_node, static_shape
 
 SCALE_SHIFT_OPS = ("Mul", "Add", "Sub", "Div")
 

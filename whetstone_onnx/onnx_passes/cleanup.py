@@ -10,7 +10,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from ..load import PINNED_OPSET, evaluate_node
-from .graph import add_initializer, bypass, const_array, static_shape
+from ..onnx_graph import add_initializer, bypass, const_array, static_shape
 
 PASS_THROUGH_OPS = ("Identity", "Dropout")
 

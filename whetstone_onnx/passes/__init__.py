@@ -1,1 +1,0 @@
-"""Graph passes. ``pipeline.py`` lists them in the order they run."""
