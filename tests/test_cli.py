@@ -142,7 +142,8 @@ def test_check_reruns_the_equivalence_and_fails_on_a_tampered_netlist(tmp_path):
 
 
 def test_check_on_a_directory_without_outputs_exits_2(tmp_path):
-    assert_one_line_error(run_cli("check", str(tmp_path)), 2, f"{tmp_path / 'spiking.onnx'}: file not found")
+    assert_one_line_error(run_cli("check", str(tmp_path)), 2, f"{tmp_path / 'report.json'}: not found (is {tmp_path} "
+                          "a whetstone-onnx convert output?)")
 
 
 def test_hardware_check_and_quantized_netlist(tmp_path):

@@ -3,7 +3,6 @@ conversion is ``whetstone_onnx.zoo.convert_zoo``. The CLI is a thin shell over b
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,10 +12,10 @@ import numpy as np
 import onnx
 
 from . import check, conversion
-from .artifacts import json_bytes, write_atomic, write_atomic_with
-from .conversion import NETLIST_FILES, RANDOM_CHECK_SAMPLES, ConvertOptions
+from .artifacts import OutputFolder, file_sha256, json_bytes, write_atomic, write_atomic_with
+from .conversion import NETLIST_FILES, RANDOM_CHECK_SAMPLES, ConvertOptions  # noqa: F401  (NETLIST_FILES: for the CLI)
 from .data import Dataset, fit_to_input, load_dataset
-from .errors import InputError, UnsupportedModelError
+from .errors import CheckFailed, InputError, UnsupportedModelError
 from .finetune import FinetuneOptions  # noqa: F401  (part of the API)
 from .load import load_model
 from .network import Network
@@ -156,17 +155,24 @@ def convert_with_options(model: ModelInput, out_dir: str | Path | None = None, *
                          data: str | Dataset | None = None, options: ConvertOptions) -> ConversionResult:
     """``convert`` with its options as one ``ConvertOptions`` (what the CLI builds from its flags)."""
     options.validate()
-    out = None if out_dir is None else Path(out_dir)
-    c = conversion.Conversion(model, data, options, out_dir=out)
+    # The output folder is checked before any work, and written as one unit (artifacts.OutputFolder).
+    folder = None if out_dir is None else OutputFolder(out_dir, force=options.force)
+    c = conversion.Conversion(model, data, options, out_dir=None if folder is None else folder.staging)
     try:
         conversion.run(c)
         report = conversion_report(c)
-        if out is not None:
-            _write(out, c, report)
+        if folder is not None:
+            _write(folder.staging, c, report)
+            folder.commit()
+    except BaseException:
+        if folder is not None:
+            folder.discard()
+        raise
     finally:
         if c.staging is not None:
             c.staging.cleanup()
-    return ConversionResult(report, c.float_model, c.sharpenable_model, c.spiking_model, c.trained, c.spiking, out)
+    return ConversionResult(report, c.float_model, c.sharpenable_model, c.spiking_model, c.trained, c.spiking,
+                            None if folder is None else Path(out_dir))
 
 
 def export_keras(model, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
@@ -215,20 +221,50 @@ def build_spiking_keras_predictions(model, x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- helpers
 
 def _write(out_dir: Path, c: conversion.Conversion, report: dict) -> None:
-    """Every artifact, each atomically; the report last, so its presence means the set is complete."""
+    """Every artifact into the staging folder (the explicit netlist is there already); the report last."""
     if c.nir_graph is not None:
         import nir
         write_atomic_with(out_dir / "model.nir", lambda path: nir.write(path, c.nir_graph))
-        for name in NETLIST_FILES:      # same file system: each move is atomic
-            os.replace(Path(c.staging.name) / name, out_dir / name)
     write_atomic(out_dir / "sharpenable.onnx", c.sharpenable_model.SerializeToString())
     write_atomic(out_dir / "spiking.onnx", c.spiking_model.SerializeToString())
     if c.tuned is not None:
         write_atomic(out_dir / "training.png", training_plot(c.tuned.history))
+    # Every file beside the report, with its hash: ``check`` trusts none it cannot verify.
+    report["artifacts"] = {path.name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+                           for path in sorted(out_dir.iterdir()) if path.is_file() and not path.name.startswith(".")}
     write_atomic(out_dir / "report.json", json_bytes(report))
 
 
 # ----------------------------------------------------------------------------- check
+
+def _verified_report(out: Path) -> dict:
+    """The folder's report.json, once every artifact it lists is there with the sha256 it records
+    (``CheckFailed`` naming what is missing or changed); ``InputError`` if it is no convert output."""
+    report_path = out / "report.json"
+    if not out.is_dir():
+        raise InputError(f"{out}: not a folder (give a whetstone-onnx convert output)")
+    if not report_path.is_file():
+        raise InputError(f"{report_path}: not found (is {out} a whetstone-onnx convert output?)")
+    try:
+        report = json.loads(report_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{report_path}: not valid JSON") from None
+    artifacts = report.get("artifacts") if isinstance(report, dict) else None
+    if not isinstance(artifacts, dict) or "spiking.onnx" not in artifacts:
+        raise InputError(f"{report_path}: not a whetstone-onnx report (it lists no artifacts)")
+    problems = []
+    for name, entry in artifacts.items():
+        path = out / str(name)
+        if Path(str(name)).name != name or name in ("", ".", ".."):
+            problems.append(f"report.json names '{name}', which is not a file of the folder")
+        elif not path.is_file():
+            problems.append(f"{name} is missing")
+        elif not isinstance(entry, dict) or file_sha256(path) != entry.get("sha256"):
+            problems.append(f"{name} has changed since the conversion (its sha256 is not report.json's)")
+    if problems:
+        raise CheckFailed(f"{out}: {'; '.join(problems)}")
+    return report
+
 
 @dataclass
 class CheckResult:
@@ -268,15 +304,10 @@ def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
     import nir
 
     out = Path(out_dir)
-    spiking_path = out / "spiking.onnx"
-    if not spiking_path.is_file():
-        raise InputError(f"{spiking_path}: file not found (is {out} a whetstone-onnx convert output?)")
-    spiking_model = load_model(spiking_path).model
-    if data is None and (out / "report.json").is_file():
-        try:
-            options = json.loads((out / "report.json").read_text()).get("options", {})
-        except json.JSONDecodeError:
-            raise InputError(f"{out / 'report.json'}: not valid JSON") from None
+    report = _verified_report(out)
+    spiking_model = load_model(out / "spiking.onnx").model
+    if data is None:
+        options = report.get("options") if isinstance(report.get("options"), dict) else {}
         data = options.get("data")
         normalize = normalize or (tuple(options["normalize"]) if options.get("normalize") else None)
     dataset = load_dataset(data) if isinstance(data, str) else data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -52,8 +53,113 @@ def write_atomic_with(path: Path, writer) -> None:
 
 
 def json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    """Strict JSON: a NaN or infinite number (which JSON cannot hold) is written as null."""
+    return (json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- the output folder as one unit
+
+STAGING_MARK = ".staging-"       # .<OUT>.staging-<pid>-<random>: a conversion's folder being written
+REPLACED_MARK = ".replaced-"     # .<OUT>.replaced-<pid>-<random>: the previous folder, being removed
+_RENAME_EXCHANGE = 2             # renameat2 flag (Linux): swap two paths in one step
+
+
+class OutputFolder:
+    """A conversion's output folder, written as one unit.
+
+    Checked before any work: ``path`` must be a folder or creatable, in a writable folder, and
+    empty unless ``force``. Everything is written into ``staging`` (a hidden folder beside
+    ``path``); ``commit`` puts it in ``path``'s place whole (an atomic exchange where the
+    kernel offers one), so a reader finds the old folder or the new one, never a mix, and a
+    killed conversion leaves only a staging folder, which the next conversion into ``path``
+    removes."""
+
+    def __init__(self, path: Path | str, *, force: bool = False):
+        from .errors import InputError
+
+        self.path = Path(path).absolute()
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{path}: exists and is not a folder")
+        if self.path.is_dir() and any(self.path.iterdir()) and not force:
+            raise InputError(f"{path}: the folder exists and is not empty (--force replaces it)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._remove_abandoned()
+            self.staging = make_temporary_directory(self.path.parent, f".{self.path.name}{STAGING_MARK}{os.getpid()}-")
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write there ({exc.strerror or type(exc).__name__})") from None
+
+    def commit(self) -> None:
+        """The staged folder becomes ``path``; a previous one is removed."""
+        import shutil
+
+        if not self.path.exists():
+            os.replace(self.staging, self.path)
+            return
+        if not _exchange(self.staging, self.path):
+            replaced = Path(tempfile.mkdtemp(prefix=f".{self.path.name}{REPLACED_MARK}{os.getpid()}-",
+                                             dir=self.path.parent))
+            os.replace(self.path, replaced / "folder")
+            os.replace(self.staging, self.path)
+            self.staging = replaced
+        shutil.rmtree(self.staging, ignore_errors=True)     # (after the exchange: the previous folder)
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _remove_abandoned(self) -> None:
+        """Staging and replaced folders of conversions into ``path`` whose process is gone."""
+        import shutil
+
+        for mark in (STAGING_MARK, REPLACED_MARK):
+            for folder in self.path.parent.glob(f".{self.path.name}{mark}*"):
+                pid = folder.name[len(self.path.name) + 1 + len(mark):].split("-")[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2); False where that is not available."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd = -100
+    return renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

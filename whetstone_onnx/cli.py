@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                               f"the original (default {api.DEFAULT_MAX_LOSS:g})")
     convert.add_argument("--accept-loss", action="store_true",
                          help="keep a conversion that loses more than --max-loss (still reported loudly)")
+    convert.add_argument("--force", action="store_true",
+                         help="replace OUTDIR if it is not empty (it is replaced whole, never mixed)")
     check = commands.add_parser("check", help="re-check a convert output: spiking.onnx against model.nir "
                                               "and the explicit netlist, layer by layer",
                                 description="Re-check a convert output folder without trusting its report: "
@@ -202,7 +204,9 @@ def _naming_the_file(message: str, args) -> str:
     already or is about an option (a problem found deep in the conversion knows the layer, not
     the file)."""
     subject = getattr(args, "model", None) or getattr(args, "out_dir", None) or getattr(args, "manifest", None)
-    if subject is None or str(subject) in message or message.startswith(("--", "usage:")):
+    output = getattr(args, "out", None)          # a problem with the output folder names that folder
+    if subject is None or str(subject) in message or message.startswith(("--", "usage:")) \
+            or (output is not None and message.startswith(f"{output}:")):
         return message
     return f"{subject}: {message}"
 
@@ -247,7 +251,7 @@ def _convert(args) -> int:
                                  progress=not getattr(args, "quiet", False), netlist=not args.no_netlist,
                                  nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
                                  hardware=args.hardware, max_loss=args.max_loss, accept_loss=args.accept_loss,
-                                 output_name=args.output_name)
+                                 output_name=args.output_name, force=args.force)
     result = api.convert_with_options(args.model, args.out, data=args.data, options=options)
     print(result.summary())
     netlist_files = ["model.nir", *api.NETLIST_FILES] if not args.no_netlist else []

@@ -11,6 +11,7 @@ finished state by ``report.conversion_report``.
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 
 from . import check, runtime
-from .data import Dataset, fit_to_input, load_dataset
+from .data import Dataset, check_dataset, fit_to_input, load_dataset
 from .emit import to_onnx
 from .errors import DataError, InputError, UnsupportedModelError
 from .finetune import FinetuneOptions, FinetuneResult
@@ -67,6 +68,7 @@ class ConvertOptions:
     accept_loss: bool = False
     model_dir: str | Path | None = None
     output_name: str | None = None
+    force: bool = False          # replace a non-empty output folder
 
     def validate(self) -> None:
         """``InputError`` naming the first option out of range, before any work."""
@@ -80,6 +82,8 @@ class ConvertOptions:
             raise InputError(f"--hardware {self.hardware!r}: expected one of {', '.join(HARDWARE_PRESETS)}")
         if self.weight_bits is not None and not 2 <= self.weight_bits <= 16:
             raise InputError(f"--weight-bits {self.weight_bits}: expected 2 to 16")
+        if not (math.isfinite(self.nir_dt) and self.nir_dt > 0.0):
+            raise InputError(f"--nir-dt {self.nir_dt}: must be a positive time step (seconds)")
         if not 0.0 <= self.max_loss <= 100.0:
             raise InputError(f"--max-loss {self.max_loss}: expected 0 to 100 points")
         if self.finetune:
@@ -96,7 +100,7 @@ class Conversion:
     model: object                                   # what the user gave: a path, bytes or a ModelProto
     data: str | Dataset | None
     options: ConvertOptions
-    out_dir: Path | None = None                     # where the netlist stages, if anywhere
+    out_dir: Path | None = None                     # the output's staging folder, if there is an output
     timings: dict[str, float] = field(default_factory=dict)
     # load
     loaded: LoadedModel | None = None
@@ -131,7 +135,7 @@ class Conversion:
     # netlist
     nir_graph: object = None
     nir_check: check.NetlistCheck | None = None
-    staging: tempfile.TemporaryDirectory | None = None   # the explicit netlist's files, until moved into place
+    staging: tempfile.TemporaryDirectory | None = None   # the explicit netlist's files when there is no output
     netlist_report: dict | None = None
     netlist_check: check.NetlistCheck | None = None
     # spike_check, accuracy
@@ -149,10 +153,15 @@ def load(c: Conversion) -> None:
     if unsupported:
         raise UnsupportedModelError.for_ops(c.loaded.source, unsupported)
     c.dataset = load_dataset(c.data) if isinstance(c.data, str) else c.data
+    if c.dataset is not None:
+        check_dataset(c.dataset)
 
 
 def passes(c: Conversion) -> None:
     c.float_network, c.onnx_counts, c.normaliser = float_network(c.loaded)
+    output_shape = c.float_network.shapes()[-1]
+    if c.dataset is not None and len(output_shape) == 1:
+        check_dataset(c.dataset, classes=output_shape[0])
     c.train, c.test, c.rng = fitted_inputs(c.dataset, c.float_network, c.options.normalize, c.options.seed)
     c.calibration = c.train[c.rng.permutation(len(c.train))[:CALIBRATION_SAMPLES]]
 
@@ -226,13 +235,13 @@ def netlist(c: Conversion) -> None:
         return
     c.nir_graph = to_nir(c.spiking, profile=options.nir_profile, dt=options.nir_dt)
     c.nir_check = check.check_nir(c.spiking_model, c.nir_graph, c.test)
-    # The explicit netlist is streamed to files: write it to a staging directory, check it
-    # from there, and move it into place with the other artifacts. (TemporaryDirectory
-    # removes itself even if a later step raises.)
-    if c.out_dir is not None:
-        c.out_dir.mkdir(parents=True, exist_ok=True)
-    c.staging = tempfile.TemporaryDirectory(prefix=".netlist-", dir=c.out_dir)
-    c.netlist_report, c.netlist_check = _explicit_netlist(c.spiking, c.spiking_model, Path(c.staging.name), c.test,
+    # The explicit netlist is streamed to files and checked from there: into the output's
+    # staging folder, or without one a temporary folder (which removes itself however the
+    # conversion ends).
+    if c.out_dir is None:
+        c.staging = tempfile.TemporaryDirectory(prefix="whetstone_netlist_")
+    where = c.out_dir if c.out_dir is not None else Path(c.staging.name)
+    c.netlist_report, c.netlist_check = _explicit_netlist(c.spiking, c.spiking_model, where, c.test,
                                                           c.dataset, options.weight_bits, options.hardware)
 
 

@@ -90,6 +90,22 @@ def load_dataset(spec: str) -> Dataset:
     raise DataError(f"--data {spec!r}: unknown data spec ({_SPEC_HELP})")
 
 
+def check_dataset(dataset: Dataset, classes: int | None = None) -> None:
+    """``DataError`` for data no conversion can use: a split without samples, values that are not
+    finite, or (given the model's number of outputs) a label the model has no output for."""
+    where = f"--data {dataset.spec!r}"
+    for part in ("train", "test"):
+        x, y = getattr(dataset, f"x_{part}"), getattr(dataset, f"y_{part}")
+        if not len(x):
+            raise DataError(f"{where}: x_{part} has no samples")
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise DataError(f"{where}: x_{part} holds {bad} NaN or infinite values")
+        if classes is not None and len(y) and int(y.max()) >= classes:
+            raise DataError(f"{where}: y_{part} holds label {int(y.max())}, but the model has {classes} outputs "
+                            f"(labels 0 to {classes - 1})")
+
+
 def parse_normalize(text: str) -> tuple[float, float]:
     """Parse ``--normalize MEAN,STD`` ("0.5,0.5" -> (0.5, 0.5)); the model sees (x - MEAN) / STD."""
     parts = [p.strip() for p in text.split(",")]

@@ -78,6 +78,7 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
         raise InputError(f"{source}: the model must have exactly one data input "
                          f"(found {len(_data_inputs(proto))})")
     _keep_one_output(proto, output_name, source)
+    _check_weights_finite(proto, source)
     original_ir = proto.ir_version
     _expand_gelu(proto)
     if original_opset != PINNED_OPSET:
@@ -103,6 +104,21 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
 
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _check_weights_finite(proto: onnx.ModelProto, source: str) -> None:
+    """``InputError`` naming the first floating-point initializer or Constant holding NaN, or an infinity
+    among several values (a weight; a scalar infinity is a bound, as in Clip(0, inf)): no conversion of
+    such weights means anything (calibration, thresholds and reports turn NaN)."""
+    tensors = [(t.name, t) for t in proto.graph.initializer]
+    tensors += [(node.output[0], attribute.t) for node in proto.graph.node if node.op_type == "Constant"
+                for attribute in node.attribute if attribute.name == "value"]
+    for name, tensor in tensors:
+        if tensor.data_type not in FLOAT_TYPES:
+            continue
+        values = onnx.numpy_helper.to_array(tensor)
+        if np.isnan(values).any() or (values.size > 1 and not np.isfinite(values).all()):
+            raise InputError(f"{source}: weight '{name}' holds NaN or infinite values")
 
 
 def _keep_one_output(proto: onnx.ModelProto, output_name: str | None, source: str) -> None:

@@ -149,10 +149,10 @@ def _reject_duplicate_names(models: list[ZooModel], source: Path) -> None:
 
 def convert_defaults() -> dict:
     """The convert options a manifest may set, with their defaults: ``data`` and every
-    ``ConvertOptions`` field but ``progress`` and ``model_dir`` (a manifest's models are
-    files, read from their own folders)."""
+    ``ConvertOptions`` field but ``progress``, ``model_dir`` (a manifest's models are
+    files, read from their own folders) and ``force`` (the zoo owns its folders)."""
     return {"data": None, **{f.name: f.default for f in fields(ConvertOptions)
-                             if f.name not in ("progress", "model_dir")}}
+                             if f.name not in ("progress", "model_dir", "force")}}
 
 
 def normalise_options(given: dict, where: str | Path) -> dict:

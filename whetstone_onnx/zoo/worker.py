@@ -23,6 +23,7 @@ from ..errors import UnsupportedModelError, WhetstoneError
 
 PARENT_POLL_S = 0.2     # where there is no PR_SET_PDEATHSIG
 PR_SET_PDEATHSIG = 1    # <linux/prctl.h>
+CONVERTED_DIR = "converted"     # the conversion's own output folder inside the staging directory
 
 
 def main(argv: list[str]) -> int:
@@ -45,7 +46,13 @@ def convert(request: dict) -> dict:
         from .manifest import convert_arguments
 
         data, options = convert_arguments(request["options"])
-        converted = api.convert_with_options(request["model"], request["out_dir"], data=data, options=options)
+        # The conversion's folder is a new one inside the staging directory (which holds the log);
+        # its files then join the log there.
+        converted_dir = Path(request["out_dir"]) / CONVERTED_DIR
+        converted = api.convert_with_options(request["model"], converted_dir, data=data, options=options)
+        for path in converted_dir.iterdir():
+            os.replace(path, Path(request["out_dir"]) / path.name)
+        converted_dir.rmdir()
     except UnsupportedModelError as exc:
         return {"status": "unsupported", "error": exc.message}
     except WhetstoneError as exc:
