@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..artifacts import file_sha256
 from ..errors import InputError, UnsupportedModelError
 from ..network import Network
 
@@ -496,7 +497,7 @@ def read_netlist(out_dir: Path | str, *, verify: bool = False) -> Netlist:
             if size != entry["bytes"] or size != entry["records"] * dtype.itemsize:
                 raise InputError(f"{path}: {size} bytes, the header expects {entry['records']} records "
                                  f"({entry['records'] * dtype.itemsize} bytes): truncated or corrupt")
-            if verify and _sha256(path) != entry["sha256"]:
+            if verify and file_sha256(path) != entry["sha256"]:
                 raise InputError(f"{path}: sha256 differs from the header's: corrupt")
             arrays[key] = (np.memmap(path, dtype=dtype, mode="r") if entry["records"]
                            else np.zeros(0, dtype))
@@ -516,10 +517,3 @@ def read_netlist(out_dir: Path | str, *, verify: bool = False) -> Netlist:
         raise InputError(f"{header_path}: malformed netlist header (missing {exc})") from None
     return Netlist(out_dir, header, arrays["neurons"], arrays["synapses"])
 
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            sha.update(block)
-    return sha.hexdigest()
