@@ -124,3 +124,60 @@ def test_check_verifies_every_artifact_before_comparing(tmp_path):
 
 def test_reports_are_strict_json():
     assert json_bytes({"a": float("nan"), "b": [1.5, float("inf")]}) == b'{\n  "a": null,\n  "b": [\n    1.5,\n    null\n  ]\n}\n'
+
+
+def small_graph(tmp_path, name: str, nodes, weights: dict, input_shape, output_shape) -> str:
+    from conftest import graph_model
+
+    path = tmp_path / name
+    path.write_bytes(graph_model(nodes, weights, input_shape, output_shape).SerializeToString())
+    return str(path)
+
+
+def test_models_that_cannot_be_converted_get_one_line_each(tmp_path):
+    from onnx import helper
+
+    folder = tmp_path / "a_folder.onnx"
+    folder.mkdir()
+    identity = small_graph(tmp_path, "identity.onnx", [helper.make_node("Identity", ["x"], ["y"], name="id")], {},
+                           [4], [4])
+    one_class = small_graph(tmp_path, "one_class.onnx", [helper.make_node("Gemm", ["x", "w"], ["y"], name="g",
+                                                                          transB=1)],
+                            {"w": np.ones((1, 4), np.float32)}, [4], [1])
+    huge = small_graph(tmp_path, "huge.onnx", [
+        helper.make_node("Conv", ["x", "k"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"), helper.make_node("Gemm", ["f", "w"], ["y"], name="g",
+                                                                                  transB=1)],
+        {"k": np.ones((2, 1, 1, 1), np.float32), "w": np.ones((2, 2), np.float32)}, [1, 10000, 10000], [2])
+    expected = {
+        str(folder): f"{folder}: is a folder, not a model file",
+        identity: f"{identity}: the output 'y' is the input: the graph computes nothing to convert",
+        one_class: f"{one_class}: the last layer 'g' has 1 output: a classifier needs at least 2 classes",
+        huge: f"{huge}: the output of 'conv' has 200000000 values per sample [2, 10000, 10000], more than the limit "
+              "of 16777216 (--max-elements raises it)",
+    }
+    for model, line in expected.items():
+        completed = run_cli("convert", model, "-o", str(tmp_path / "out"))
+        assert (completed.returncode, completed.stderr) == (2, f"whetstone-onnx: error: {line}\n")
+        assert not (tmp_path / "out").exists()
+
+
+def test_the_netlist_size_guard_stops_before_training(tmp_path):
+    with pytest.raises(InputError, match=r"the explicit netlist would hold up to \d+ synapses, more than the limit "
+                                         r"of 1000 \(--max-synapses raises it; --no-netlist skips it\)"):
+        api.convert_with_options(DENSE, tmp_path / "out", data="digits",
+                                 options=api.ConvertOptions(max_synapses=1000))
+
+
+def test_a_netlist_header_cannot_name_files_outside_its_folder(tmp_path):
+    from whetstone_onnx.netlist.explicit import read_netlist
+
+    out = tmp_path / "out"
+    api.convert(DENSE, out)
+    header = json.loads((out / "netlist.json").read_text())
+    header["files"]["synapses"]["name"] = "../../etc/passwd"
+    (out / "netlist.json").write_text(json.dumps(header))
+    with pytest.raises(InputError, match=r"the synapses file '../../etc/passwd' is not a file name of the netlist's "
+                                         "own folder"):
+        read_netlist(out)

@@ -18,6 +18,7 @@ from conftest import MODELS
 import whetstone_onnx
 from whetstone_onnx import api, zoo
 from whetstone_onnx.errors import InputError
+from whetstone_onnx.zoo.batch import LOCK_FILE
 
 SAMPLE_ZOO = MODELS / "zoo.toml"
 EXPECTED_STATUS = {"digits_dense": "ok", "digits_conv": "ok", "torchstyle_digits_conv": "ok", "mnist_conv": "ok",
@@ -47,7 +48,8 @@ def model_directories(out: Path) -> list[Path]:
 
 
 def leftovers(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    """Hidden entries of OUT but the batch lock (an empty file the kernel unlocks with the process)."""
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE)
 
 
 def write_manifest(directory: Path, text: str) -> Path:
@@ -72,7 +74,7 @@ def test_sample_zoo_reports_every_status(sample_run):
     statuses = {record["name"]: record["status"] for record in summary["models"]}
     assert statuses == EXPECTED_STATUS
     assert summary["counts"] == {"ok": 6, "unsupported": 1, "failed": 1, "accuracy_loss": 1, "timeout": 0,
-                                 "crashed": 0, "cancelled": 0}
+                                 "crashed": 0, "out_of_memory": 0, "cancelled": 0}
     records = {record["name"]: record for record in summary["models"]}
     assert records["corrupt"]["error"].startswith("corrupt.onnx: not a readable ONNX model")
     assert records["digits_lstm"]["error"] == "digits_lstm.onnx: unsupported ops: LSTM ('/lstm/LSTM')"
@@ -150,7 +152,7 @@ def test_sigterm_stops_the_workers_and_leaves_nothing_half_written(tmp_path):
     batch.send_signal(signal.SIGTERM)
     _, stderr = batch.communicate(timeout=30)
     assert batch.returncode == 130 and stderr.strip() == "whetstone-onnx: interrupted"
-    assert list(out.iterdir()) == []
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]           # the (empty, unlocked) lock file only
 
 
 @pytest.mark.slow
@@ -179,12 +181,32 @@ def test_timeout_and_memory_limit_cost_only_their_model(tmp_path):
     assert records["digits_dense"]["error"].endswith("digits_dense.onnx: timed out after 0.2 s")
     assert sorted(p.name for p in (out / "digits_dense").iterdir()) == ["zoo.json", "zoo.log"]
     assert records["mnist_dense"]["status"] == "ok"
-    assert records["digits_conv"]["status"] in ("failed", "crashed")       # MemoryError, or killed while importing
+    assert records["digits_conv"]["status"] in ("out_of_memory", "crashed")   # MemoryError, or killed importing
     assert "memory limit 100 MB" in records["digits_conv"]["error"]
     assert result.exit_code == 1 and leftovers(out) == []
-    # A timeout depends on the run, not the model: --resume tries it again.
+    # A timeout or running out of memory depends on the run, not the model: --resume tries them again.
     again = zoo.convert_zoo(manifest, out, jobs=2, resume=True)
-    assert [record["resumed"] for record in again.models[:2]] == [False, True]
+    assert [record["resumed"] for record in again.models] == [False, True, False]
+
+
+def test_resume_redoes_a_converted_model_whose_files_changed_and_a_second_batch_is_refused(tmp_path):
+    import fcntl
+
+    manifest = write_manifest(tmp_path, """
+        [[model]]
+        path = "MODELS/digits_dense.onnx"
+        netlist = false
+    """)
+    out = tmp_path / "out"
+    assert zoo.convert_zoo(manifest, out).counts["ok"] == 1
+    assert zoo.convert_zoo(manifest, out, resume=True).models[0]["resumed"] is True
+    (out / "digits_dense" / "spiking.onnx").unlink()
+    again = zoo.convert_zoo(manifest, out, resume=True)
+    assert again.models[0]["resumed"] is False and (out / "digits_dense" / "spiking.onnx").is_file()
+    with open(out / LOCK_FILE) as held:          # as a running batch holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match=f"{out}: another zoo batch is writing there"):
+            zoo.convert_zoo(manifest, out, resume=True)
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 conversion is ``whetstone_onnx.zoo.convert_zoo``. The CLI is a thin shell over both."""
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,10 +11,11 @@ import numpy as np
 import onnx
 
 from . import check, conversion
-from .artifacts import OutputFolder, file_sha256, json_bytes, write_atomic, write_atomic_with
-from .conversion import NETLIST_FILES, RANDOM_CHECK_SAMPLES, ConvertOptions  # noqa: F401  (NETLIST_FILES: for the CLI)
+from .artifacts import OutputFolder, file_sha256, json_bytes, verified_report, write_atomic, write_atomic_with
+from .conversion import (DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_SYNAPSES, NETLIST_FILES,  # noqa: F401  (for the CLI)
+                         RANDOM_CHECK_SAMPLES, ConvertOptions)
 from .data import Dataset, fit_to_input, load_dataset
-from .errors import CheckFailed, InputError, UnsupportedModelError
+from .errors import InputError, UnsupportedModelError
 from .finetune import FinetuneOptions  # noqa: F401  (part of the API)
 from .load import load_model
 from .network import Network
@@ -237,35 +237,6 @@ def _write(out_dir: Path, c: conversion.Conversion, report: dict) -> None:
 
 # ----------------------------------------------------------------------------- check
 
-def _verified_report(out: Path) -> dict:
-    """The folder's report.json, once every artifact it lists is there with the sha256 it records
-    (``CheckFailed`` naming what is missing or changed); ``InputError`` if it is no convert output."""
-    report_path = out / "report.json"
-    if not out.is_dir():
-        raise InputError(f"{out}: not a folder (give a whetstone-onnx convert output)")
-    if not report_path.is_file():
-        raise InputError(f"{report_path}: not found (is {out} a whetstone-onnx convert output?)")
-    try:
-        report = json.loads(report_path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(f"{report_path}: not valid JSON") from None
-    artifacts = report.get("artifacts") if isinstance(report, dict) else None
-    if not isinstance(artifacts, dict) or "spiking.onnx" not in artifacts:
-        raise InputError(f"{report_path}: not a whetstone-onnx report (it lists no artifacts)")
-    problems = []
-    for name, entry in artifacts.items():
-        path = out / str(name)
-        if Path(str(name)).name != name or name in ("", ".", ".."):
-            problems.append(f"report.json names '{name}', which is not a file of the folder")
-        elif not path.is_file():
-            problems.append(f"{name} is missing")
-        elif not isinstance(entry, dict) or file_sha256(path) != entry.get("sha256"):
-            problems.append(f"{name} has changed since the conversion (its sha256 is not report.json's)")
-    if problems:
-        raise CheckFailed(f"{out}: {'; '.join(problems)}")
-    return report
-
-
 @dataclass
 class CheckResult:
     out_dir: str
@@ -304,7 +275,7 @@ def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
     import nir
 
     out = Path(out_dir)
-    report = _verified_report(out)
+    report = verified_report(out)
     spiking_model = load_model(out / "spiking.onnx").model
     if data is None:
         options = report.get("options") if isinstance(report.get("options"), dict) else {}

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import CheckFailed, InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -79,6 +81,38 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ---------------------------------------------------------------- verifying a finished folder
+
+
+def verified_report(out: Path) -> dict:
+    """The folder's report.json, once every artifact it lists is there with the sha256 it records
+    (``CheckFailed`` naming what is missing or changed); ``InputError`` if it is no convert output."""
+    report_path = out / "report.json"
+    if not out.is_dir():
+        raise InputError(f"{out}: not a folder (give a whetstone-onnx convert output)")
+    if not report_path.is_file():
+        raise InputError(f"{report_path}: not found (is {out} a whetstone-onnx convert output?)")
+    try:
+        report = json.loads(report_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{report_path}: not valid JSON") from None
+    artifacts = report.get("artifacts") if isinstance(report, dict) else None
+    if not isinstance(artifacts, dict) or "spiking.onnx" not in artifacts:
+        raise InputError(f"{report_path}: not a whetstone-onnx report (it lists no artifacts)")
+    problems = []
+    for name, entry in artifacts.items():
+        path = out / str(name)
+        if Path(str(name)).name != name or name in ("", ".", ".."):
+            problems.append(f"report.json names '{name}', which is not a file of the folder")
+        elif not path.is_file():
+            problems.append(f"{name} is missing")
+        elif not isinstance(entry, dict) or file_sha256(path) != entry.get("sha256"):
+            problems.append(f"{name} has changed since the conversion (its sha256 is not report.json's)")
+    if problems:
+        raise CheckFailed(f"{out}: {'; '.join(problems)}")
+    return report
+
+
 # ---------------------------------------------------------------- the output folder as one unit
 
 STAGING_MARK = ".staging-"       # .<OUT>.staging-<pid>-<random>: a conversion's folder being written
@@ -97,8 +131,6 @@ class OutputFolder:
     removes."""
 
     def __init__(self, path: Path | str, *, force: bool = False):
-        from .errors import InputError
-
         self.path = Path(path).absolute()
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{path}: exists and is not a folder")

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep a conversion that loses more than --max-loss (still reported loudly)")
     convert.add_argument("--force", action="store_true",
                          help="replace OUTDIR if it is not empty (it is replaced whole, never mixed)")
+    convert.add_argument("--max-elements", type=int, default=api.DEFAULT_MAX_ELEMENTS, metavar="N",
+                         help="refuse a network with a per-sample tensor of more than N values "
+                              f"(default {api.DEFAULT_MAX_ELEMENTS})")
+    convert.add_argument("--max-synapses", type=int, default=api.DEFAULT_MAX_SYNAPSES, metavar="N",
+                         help=f"refuse an explicit netlist of more than N synapses (default {api.DEFAULT_MAX_SYNAPSES})")
     check = commands.add_parser("check", help="re-check a convert output: spiking.onnx against model.nir "
                                               "and the explicit netlist, layer by layer",
                                 description="Re-check a convert output folder without trusting its report: "
@@ -251,7 +256,8 @@ def _convert(args) -> int:
                                  progress=not getattr(args, "quiet", False), netlist=not args.no_netlist,
                                  nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
                                  hardware=args.hardware, max_loss=args.max_loss, accept_loss=args.accept_loss,
-                                 output_name=args.output_name, force=args.force)
+                                 output_name=args.output_name, force=args.force, max_elements=args.max_elements,
+                                 max_synapses=args.max_synapses)
     result = api.convert_with_options(args.model, args.out, data=args.data, options=options)
     print(result.summary())
     netlist_files = ["model.nir", *api.NETLIST_FILES] if not args.no_netlist else []

@@ -46,6 +46,10 @@ from .report import DEFAULT_MAX_LOSS
 CALIBRATION_SAMPLES = 1000
 NETLIST_FILES = (SYNAPSES_FILE, NEURONS_FILE, HEADER_FILE)   # header last: it vouches for the others
 RANDOM_CHECK_SAMPLES = 256
+# Size guards (ConvertOptions.max_elements / max_synapses): an ImageNet-sized conv layer has a few
+# million values per sample; the netlist's records take 12 bytes per synapse.
+DEFAULT_MAX_ELEMENTS = 1 << 24
+DEFAULT_MAX_SYNAPSES = 1 << 31
 
 
 @dataclass
@@ -69,6 +73,9 @@ class ConvertOptions:
     model_dir: str | Path | None = None
     output_name: str | None = None
     force: bool = False          # replace a non-empty output folder
+    # Size guards, checked on the static shapes before anything is allocated or expanded:
+    max_elements: int = DEFAULT_MAX_ELEMENTS       # of any per-sample tensor of the network
+    max_synapses: int = DEFAULT_MAX_SYNAPSES       # of the explicit netlist (candidates, before zeros go)
 
     def validate(self) -> None:
         """``InputError`` naming the first option out of range, before any work."""
@@ -84,6 +91,9 @@ class ConvertOptions:
             raise InputError(f"--weight-bits {self.weight_bits}: expected 2 to 16")
         if not (math.isfinite(self.nir_dt) and self.nir_dt > 0.0):
             raise InputError(f"--nir-dt {self.nir_dt}: must be a positive time step (seconds)")
+        if self.max_elements < 1 or self.max_synapses < 1:
+            raise InputError(f"--max-elements {self.max_elements} / --max-synapses {self.max_synapses}: must be "
+                             "positive")
         if not 0.0 <= self.max_loss <= 100.0:
             raise InputError(f"--max-loss {self.max_loss}: expected 0 to 100 points")
         if self.finetune:
@@ -159,6 +169,7 @@ def load(c: Conversion) -> None:
 
 def passes(c: Conversion) -> None:
     c.float_network, c.onnx_counts, c.normaliser = float_network(c.loaded)
+    _check_size(c.float_network, c.options.max_elements, c.loaded.source)
     output_shape = c.float_network.shapes()[-1]
     if c.dataset is not None and len(output_shape) == 1:
         check_dataset(c.dataset, classes=output_shape[0])
@@ -202,7 +213,10 @@ def netlist_forms(c: Conversion) -> None:
 
     step_network = emit_trained(c.sharpenable, c.doc)[1]
     to_nir(step_network, profile=c.options.nir_profile, dt=c.options.nir_dt)
-    plan_netlist(step_network)
+    synapses = sum(projection.candidates for projection in plan_netlist(step_network).projections)
+    if synapses > c.options.max_synapses:
+        raise InputError(f"{c.loaded.source}: the explicit netlist would hold up to {synapses} synapses, more than "
+                         f"the limit of {c.options.max_synapses} (--max-synapses raises it; --no-netlist skips it)")
 
 
 def finetune(c: Conversion) -> None:
@@ -265,6 +279,17 @@ STAGES: list[tuple[str, Callable[[Conversion], None]]] = [
     ("netlist_forms", netlist_forms), ("finetune", finetune), ("emit", emit), ("netlist", netlist),
     ("spike_check", spike_check), ("accuracy", accuracy),
 ]
+
+
+def _check_size(network: Network, max_elements: int, source: str) -> None:
+    """``InputError`` for a network with a per-sample tensor larger than ``max_elements``: every
+    stage holds batches of such tensors (calibration, checks, training)."""
+    shapes = [tuple(network.input_shape)] + network.shapes()
+    largest = max(range(len(shapes)), key=lambda i: math.prod(shapes[i]))
+    if math.prod(shapes[largest]) > max_elements:
+        where = "the input" if largest == 0 else f"the output of '{network.layers[largest - 1].name}'"
+        raise InputError(f"{source}: {where} has {math.prod(shapes[largest])} values per sample "
+                         f"{list(shapes[largest])}, more than the limit of {max_elements} (--max-elements raises it)")
 
 
 def run(conversion: Conversion) -> Conversion:

@@ -47,7 +47,9 @@ def lift(model: ir.Model) -> Network:
             network.links[layer.name] = sources
         network.layers.append(layer)
         produced_by[node.outputs[0].name] = layer.name
-    if not network.layers or produced_by.get(output.name) != network.layers[-1].name:
+    if not network.layers:
+        raise UnsupportedModelError(f"the output '{output.name}' is the input: the graph computes nothing to convert")
+    if produced_by.get(output.name) != network.layers[-1].name:
         raise UnsupportedModelError(f"the output '{output.name}' is not computed by the graph's last node")
     unread = [layer for i, layer in enumerate(network.layers[:-1]) if not network.consumers(i)]
     if unread:

@@ -55,9 +55,14 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
     else:
         path = Path(model)
         source = str(path)
+        if path.is_dir():
+            raise InputError(f"{source}: is a folder, not a model file")
         if not path.is_file():
             raise InputError(f"{source}: file not found")
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{source}: cannot be read ({exc.strerror or type(exc).__name__})") from None
         base_dir = path.parent if base_dir is None else base_dir
     sha256 = hashlib.sha256(raw).hexdigest()
     try:

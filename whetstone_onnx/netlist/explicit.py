@@ -490,6 +490,10 @@ def read_netlist(out_dir: Path | str, *, verify: bool = False) -> Netlist:
             entry = header["files"][key]
             if header["dtypes"][key] != _dtype_header(dtype):
                 raise InputError(f"{header_path}: unexpected {key} record layout {header['dtypes'][key]}")
+            if not isinstance(entry["name"], str) or Path(entry["name"]).name != entry["name"] \
+                    or entry["name"] in ("", ".", ".."):
+                raise InputError(f"{header_path}: the {key} file {entry['name']!r} is not a file name of the "
+                                 "netlist's own folder")
             path = out_dir / entry["name"]
             if not path.is_file():
                 raise InputError(f"{path}: netlist {key} file not found")

@@ -80,6 +80,9 @@ def make_output_stage(network: Network, mode: str, logits: np.ndarray, *, key_wi
         raise UnsupportedModelError(f"the last layer must be a Dense (Gemm/MatMul) layer to become the "
                                     f"output stage, found {last.kind if last else 'nothing'}")
     classes = last.out_channels
+    if classes < 2:
+        raise UnsupportedModelError(f"the last layer '{last.name}' has {classes} output: a classifier needs at least "
+                                    "2 classes")
     network.num_classes = classes
     if mode == "readout":
         return 0

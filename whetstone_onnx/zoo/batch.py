@@ -19,6 +19,7 @@ from .manifest import Manifest, read_manifest
 from .progress import Progress
 
 DEFAULT_TIMEOUT_S = 600.0
+LOCK_FILE = ".zoo.lock"
 
 
 @dataclass
@@ -57,7 +58,16 @@ def convert_zoo(manifest: str | Path, out_dir: str | Path, *, jobs: int = 1, res
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the directory ({exc.strerror or type(exc).__name__})") from None
+    with _locked(out):
+        return _convert(zoo, out, jobs, resume, executor, scheduler, fail_fast, timeout, memory_limit, progress)
+
+
+def _convert(zoo: Manifest, out: Path, jobs: int, resume: bool, executor: str, scheduler: str | None,
+             fail_fast: bool, timeout: float, memory_limit: int | None, progress: bool) -> ZooResult:
     _remove_leftovers(out)
     started = time.monotonic()
     records: dict[str, dict] = {}
@@ -105,6 +115,25 @@ def _validate_settings(jobs: int, executor: str, scheduler: str | None, timeout:
         raise InputError(f"--timeout {timeout}: must be positive")
     if memory_limit is not None and memory_limit < 1:
         raise InputError(f"--memory-limit {memory_limit}: must be a positive number of MB")
+    if executor == "dask":
+        import importlib.util
+        if importlib.util.find_spec("distributed") is None:        # before OUT is created
+            raise InputError("--executor dask needs Dask: pip install 'whetstone-onnx[dask]'")
+
+
+@contextmanager
+def _locked(out: Path):
+    """Hold OUT's lock file for the batch: a second batch into the same OUT is refused rather than
+    deleting the first one's staging directories under it. (The kernel drops the lock with the
+    process, so a killed batch leaves no stale lock.)"""
+    import fcntl
+
+    with open(out / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{out}: another zoo batch is writing there (it holds {LOCK_FILE})") from None
+        yield
 
 
 def _remove_leftovers(out: Path) -> None:

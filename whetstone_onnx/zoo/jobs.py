@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..artifacts import json_bytes, make_temporary_directory, write_atomic
+from ..artifacts import json_bytes, make_temporary_directory, verified_report, write_atomic
+from ..errors import WhetstoneError
 from .manifest import ZooModel
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,10 @@ RETIRED_PREFIX = ".zoo-retired-"    # a model directory being replaced
 
 # accuracy_loss: converted and checked, but the spiking network lost more accuracy than
 # the model's max_loss allows (accept_loss = true in the manifest keeps it as ok).
-STATUSES = ("ok", "unsupported", "failed", "accuracy_loss", "timeout", "crashed", "cancelled")
+STATUSES = ("ok", "unsupported", "failed", "accuracy_loss", "timeout", "crashed", "out_of_memory", "cancelled")
 # Outcomes that depend only on the model and its options: --resume reuses them.
-# A timeout, a crash or a cancellation depends on the run, so --resume retries those.
+# A timeout, a crash, running out of memory (under --memory-limit) or a cancellation depends on
+# the run and its limits, so --resume retries those.
 FINAL_STATUSES = frozenset({"ok", "unsupported", "failed", "accuracy_loss"})
 
 
@@ -211,4 +213,10 @@ def stored_record(out_dir: Path, model: ZooModel, key: dict) -> dict | None:
     record = stored.get("record", {})
     if stored.get("key", {}).get("digest") != key["digest"] or record.get("status") not in FINAL_STATUSES:
         return None
+    if record.get("status") in ("ok", "accuracy_loss"):
+        # Converted: reused only while every file its report lists is there, unchanged.
+        try:
+            verified_report(out_dir / model.name)
+        except WhetstoneError:
+            return None
     return {**record, "resumed": True}

@@ -25,7 +25,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "finetune": (bool, dict), "calibration_percentile": (int, float), "netlist": (bool,),
     "nir_profile": (str,), "nir_dt": (int, float), "weight_bits": (int,), "hardware": (str,),
-    "max_loss": (int, float), "accept_loss": (bool,),
+    "max_loss": (int, float), "accept_loss": (bool,), "max_elements": (int,), "max_synapses": (int,),
 }
 # A [[model]] table's own keys: not convert options, and not part of the resume key
 # (a limit changes whether a run finishes, never what a finished run computes).

@@ -58,8 +58,8 @@ def convert(request: dict) -> dict:
     except WhetstoneError as exc:
         return {"status": "failed", "error": exc.message}
     except MemoryError:
-        return {"status": "failed", "error": f"{request['model']}: out of memory "
-                                             f"(memory limit {request['memory_limit_mb']} MB)"}
+        limit = f" (memory limit {request['memory_limit_mb']} MB)" if request["memory_limit_mb"] else ""
+        return {"status": "out_of_memory", "error": f"{request['model']}: out of memory{limit}"}
     except Exception as exc:      # a bug, or memory running out where it surfaces as another error
         traceback.print_exc()     # into the model's zoo.log
         first_line = str(exc).splitlines()[0] if str(exc) else ""
@@ -67,8 +67,10 @@ def convert(request: dict) -> dict:
         # ImportError when a shared library cannot be mapped, for one): say the limit was on.
         limit = f"; memory limit {request['memory_limit_mb']} MB: raise it if this is out of memory" \
             if request["memory_limit_mb"] else ""
-        return {"status": "failed", "error": f"{request['model']}: internal error: {type(exc).__name__}: "
-                                             f"{first_line} (traceback in zoo.log{limit})"}
+        # Under a memory limit the error may be the limit's doing: a status --resume retries.
+        return {"status": "out_of_memory" if limit else "failed",
+                "error": f"{request['model']}: internal error: {type(exc).__name__}: {first_line} "
+                         f"(traceback in zoo.log{limit})"}
     if not converted.passed:
         return {"status": "failed", "error": f"{request['model']}: equivalence check failed (see report.json)"}
     if not converted.accuracy_ok:
