@@ -155,6 +155,66 @@ def test_sigterm_stops_the_workers_and_leaves_nothing_half_written(tmp_path):
     assert [p.name for p in out.iterdir()] == [LOCK_FILE]           # the (empty, unlocked) lock file only
 
 
+def start_dask_cluster(workers: int) -> tuple[str, list[subprocess.Popen]]:
+    """A scheduler and ``workers`` single-threaded workers (no nanny: killing one kills it), each its own
+    process on the loopback address, as ``dask scheduler`` / ``dask worker`` start them."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    processes = [subprocess.Popen(dask + ["--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    processes += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                    "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+    from dask.distributed import Client
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(workers, timeout=60)
+    return address, processes
+
+
+@pytest.mark.slow
+def test_a_real_dask_cluster_finishes_the_batch_when_a_worker_dies(tmp_path):
+    """Scheduler and two workers as separate processes; one worker is killed while it converts: the
+    scheduler gives its model to the other, and the summary is the local executor's."""
+    pytest.importorskip("distributed")
+    manifest = write_manifest(tmp_path, """
+        [defaults]
+        data = "digits"
+        finetune = false
+        accept_loss = true
+        [[model]]
+        path = "MODELS/digits_dense.onnx"
+        [[model]]
+        path = "MODELS/digits_conv.onnx"
+        [[model]]
+        path = "MODELS/torchstyle_digits_conv.onnx"
+        normalize = [0.5, 0.5]
+    """)
+    local = zoo.convert_zoo(manifest, tmp_path / "local", jobs=2)
+    address, processes = start_dask_cluster(2)
+    out = tmp_path / "dask"
+    try:
+        batch = subprocess.Popen(zoo_command(str(manifest), "-o", str(out), "--executor", "dask", "--scheduler",
+                                             address, "--jobs", "2", "--quiet"), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and leftovers(out)) and time.monotonic() < deadline:   # a model is converting
+            time.sleep(0.05)
+        processes[1].kill()
+        _, stderr = batch.communicate(timeout=600)
+    finally:
+        for process in processes:
+            process.kill()
+    assert batch.returncode == local.exit_code, stderr
+    summary = read_summary(out)
+    assert summary["executor"] == "dask" and summary["counts"] == local.counts
+    assert comparable(summary) == comparable(local.summary)
+
+
 @pytest.mark.slow
 def test_dask_executor_gives_the_same_summary(sample_run, tmp_path):
     result = zoo.convert_zoo(SAMPLE_ZOO, tmp_path / "out", jobs=2, executor="dask")

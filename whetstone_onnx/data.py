@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,7 @@ def _load_npz(spec: str, path: Path) -> Dataset:
         raise DataError(f"--data {spec!r}: {path} not found")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         # Corrupt zips, files that are neither .npz nor .npy, pickles (refused).
         raise DataError(f"--data {spec!r}: {path} cannot be read as .npz ({_reason(exc)})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -270,7 +271,7 @@ def _load_npz(spec: str, path: Path) -> Dataset:
             raise DataError(f"--data {spec!r}: {path} lacks {', '.join(missing)} (needs {', '.join(_NPZ_KEYS)})")
         try:
             arrays = {k: archive[k] for k in _NPZ_KEYS}
-        except (OSError, ValueError, EOFError, zlib.error) as exc:
+        except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
             # A damaged member, or an object array that would need pickle.
             raise DataError(f"--data {spec!r}: {path} cannot be read as .npz ({_reason(exc)})") from None
 

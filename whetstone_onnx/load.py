@@ -69,6 +69,7 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
         proto = onnx.ModelProto.FromString(raw)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise InputError(f"{source}: not a readable ONNX model ({_first_line(exc) or 'protobuf decode error'})") from None
+    _check_names(proto, source)
     _embed_external_data(proto, None if base_dir is None else Path(base_dir), source)
     if not proto.graph.node:
         raise InputError(f"{source}: not an ONNX model (the graph has no nodes)")
@@ -109,6 +110,18 @@ def load_model(model: str | Path | bytes | onnx.ModelProto, base_dir: str | Path
 
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _check_names(proto: onnx.ModelProto, source: str) -> None:
+    """``InputError`` for a name that is not valid UTF-8 (protobuf reads it, nothing can write it back)."""
+    graph = proto.graph
+    named = [("node", node.name) for node in graph.node] + [("tensor", t.name) for t in graph.initializer] + \
+        [("value", name) for node in graph.node for name in (*node.input, *node.output)] + \
+        [("value", v.name) for v in (*graph.input, *graph.output)]
+    for kind, name in named:
+        # protobuf hands back the bytes of a string field that is not valid UTF-8
+        if isinstance(name, bytes):
+            raise InputError(f"{source}: a {kind} name is not valid UTF-8 ({name!r})")
 
 
 def _check_weights_finite(proto: onnx.ModelProto, source: str) -> None:
