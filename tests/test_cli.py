@@ -1,6 +1,7 @@
 """The CLI contract toolchains script against: exit codes, one-line errors, outputs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 
@@ -134,6 +135,14 @@ def test_check_reruns_the_equivalence_and_fails_on_a_tampered_netlist(tmp_path):
     first_affine = next(node for node in graph.nodes.values() if isinstance(node, nir.Affine))
     first_affine.weight[:5] *= -1.0                       # a hardware mapper's bug, say
     nir.write(tmp_path / "model.nir", graph)
+    completed = run_cli("check", str(tmp_path))            # the file is not the one the report lists
+    assert completed.returncode == 1 and completed.stderr == \
+        f"whetstone-onnx: error: {tmp_path}: model.nir has changed since the conversion (its sha256 is not " \
+        "report.json's)\n"
+    # A mapper that rewrote the report's hash too: the spike comparison still finds the change.
+    report = json.loads((tmp_path / "report.json").read_text())
+    report["artifacts"]["model.nir"]["sha256"] = hashlib.sha256((tmp_path / "model.nir").read_bytes()).hexdigest()
+    (tmp_path / "report.json").write_text(json.dumps(report))
     completed = run_cli("check", str(tmp_path))
     assert completed.returncode == 1
     assert "DISAGREE" in completed.stdout and "from its threshold" in completed.stdout

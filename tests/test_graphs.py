@@ -210,5 +210,5 @@ def test_a_trained_residual_net_fine_tunes_and_keeps_its_spikes_equal(tmp_path):
     result = api.convert(path, tmp_path / "out", data=dataset, finetune=FinetuneOptions(effort="quick"),
                          accept_loss=True)
     report = result.report
-    assert report["passed"] and report["finetune"]["keras_vs_spiking_onnx"]["class_agreement"] == 1.0
+    assert report["passed"] and report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
     assert result.accuracy["original"] >= 0.95 and result.accuracy["spiking"] >= 0.90
