@@ -13,7 +13,7 @@ from conftest import MODELS, run_cli
 
 from whetstone_onnx import api
 
-KILLS = 4          # moments per run, drawn from a seeded generator over the conversion's duration
+KILLS = 3          # moments per run, drawn from a seeded generator over the conversion's duration
 
 
 def convert_command(out) -> list[str]:
