@@ -87,6 +87,7 @@ def test_branching_models_convert_and_every_representation_agrees(tmp_path, grap
     assert checked.passed and set(checked.comparisons) == {"spiking.onnx vs netlist", "spiking.onnx vs model.nir"}
     header = json.loads((out / "netlist.json").read_text())
     posts = [projection["post"] for projection in header["projections"]]
+    assert len({projection["name"] for projection in header["projections"]}) == len(header["projections"])
     if kind == "resnet":      # the sums of the residual blocks: one population fed by two projections each
         assert sum(posts.count(post) == 2 for post in set(posts)) == 2
         identity = [p for p in header["projections"] if (p["connectivity"] or {}).get("kind") == "identity"]
@@ -212,3 +213,27 @@ def test_a_trained_residual_net_fine_tunes_and_keeps_its_spikes_equal(tmp_path):
     report = result.report
     assert report["passed"] and report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
     assert result.accuracy["original"] >= 0.95 and result.accuracy["spiking"] >= 0.90
+
+
+def test_an_add_that_reads_one_layer_twice_counts_it_twice(rng):
+    """y = W2 relu(g + g), g = W1 x + b: the calibration scale and the bias reach both inputs."""
+    from whetstone_onnx.network_passes.step_network import to_step_network
+
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], name="first", transB=1),
+             helper.make_node("Add", ["g", "g"], ["s"], name="twice"),
+             helper.make_node("Relu", ["s"], ["r"], name="act"),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], name="out", transB=1)]
+    weights = {"w1": rng.standard_normal((6, 4)).astype(np.float32), "b1": rng.standard_normal(6).astype(np.float32),
+               "w2": rng.standard_normal((3, 6)).astype(np.float32)}
+    network, _, _ = float_network(load_model(graph_model(nodes, weights, [4], [3])))
+    x = rng.standard_normal((200, 4)).astype(np.float32) * 5
+    expected = network.forward(x)
+    _, calibration = sharpenable_passes(network, x, 100.0)
+    assert calibration.scaled_layers == 1
+    assert np.abs(network.forward(x) - expected).max() <= 0.02 * np.abs(expected).max()
+    for layer in network.layers:
+        if isinstance(layer, Sharpenable):
+            layer.sharpness = 1.0
+    step = network.copy()
+    to_step_network(step)
+    np.testing.assert_array_equal(step.forward(x, all_layers=True)[2], network.forward(x, all_layers=True)[2])

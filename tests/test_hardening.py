@@ -84,6 +84,13 @@ def test_a_rerun_replaces_the_folder_whole_or_refuses(tmp_path):
                              options=api.ConvertOptions(finetune=False, netlist=False, force=True))
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "sharpenable.onnx", "spiking.onnx"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no staging folder left
+    # --force replaces a conversion's output, never a folder of other things.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    with pytest.raises(InputError, match=r"not a whetstone-onnx output folder \(no report.json\), so --force"):
+        api.convert_with_options(DENSE, other, options=api.ConvertOptions(netlist=False, force=True))
+    assert (other / "thesis.tex").read_text() == "years of work"
 
 
 def test_an_abandoned_staging_folder_is_removed_by_the_next_conversion(tmp_path):

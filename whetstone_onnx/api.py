@@ -163,7 +163,10 @@ def convert_with_options(model: ModelInput, out_dir: str | Path | None = None, *
         report = conversion_report(c)
         if folder is not None:
             _write(folder.staging, c, report)
-            folder.commit()
+            try:
+                folder.commit()
+            except OSError as exc:
+                raise InputError(f"{out_dir}: cannot put the new output in place ({exc.strerror or exc})") from None
     except BaseException:
         if folder is not None:
             folder.discard()

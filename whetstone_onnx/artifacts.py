@@ -134,8 +134,14 @@ class OutputFolder:
         self.path = Path(path).absolute()
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{path}: exists and is not a folder")
-        if self.path.is_dir() and any(self.path.iterdir()) and not force:
-            raise InputError(f"{path}: the folder exists and is not empty (--force replaces it)")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not force:
+                raise InputError(f"{path}: the folder exists and is not empty (--force replaces it)")
+            # --force replaces a conversion's output, never a folder of other things (or one holding the
+            # working directory).
+            if not (self.path / "report.json").is_file() or Path.cwd().resolve().is_relative_to(self.path.resolve()):
+                raise InputError(f"{path}: not a whetstone-onnx output folder (no report.json), so --force does "
+                                 "not replace it")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._remove_abandoned()
@@ -154,7 +160,11 @@ class OutputFolder:
             replaced = Path(tempfile.mkdtemp(prefix=f".{self.path.name}{REPLACED_MARK}{os.getpid()}-",
                                              dir=self.path.parent))
             os.replace(self.path, replaced / "folder")
-            os.replace(self.staging, self.path)
+            try:
+                os.replace(self.staging, self.path)
+            except OSError:
+                os.replace(replaced / "folder", self.path)          # the previous folder stays
+                raise
             self.staging = replaced
         shutil.rmtree(self.staging, ignore_errors=True)     # (after the exchange: the previous folder)
 
@@ -167,9 +177,12 @@ class OutputFolder:
         """Staging and replaced folders of conversions into ``path`` whose process is gone."""
         import shutil
 
-        for mark in (STAGING_MARK, REPLACED_MARK):
-            for folder in self.path.parent.glob(f".{self.path.name}{mark}*"):
-                pid = folder.name[len(self.path.name) + 1 + len(mark):].split("-")[0]
+        for folder in self.path.parent.iterdir():
+            for mark in (STAGING_MARK, REPLACED_MARK):
+                prefix = f".{self.path.name}{mark}"
+                pid = folder.name[len(prefix):].split("-")[0] if folder.name.startswith(prefix) else ""
+                # (A process id says whether a conversion is alive on this machine only: OUT's parent
+                # must not be shared by conversions running on several machines.)
                 if pid.isdigit() and not _alive(int(pid)):
                     shutil.rmtree(folder, ignore_errors=True)
 

@@ -150,8 +150,8 @@ class LinearLayer(Layer):
         Before an Add, the layer is left for the Add to project (``NetlistPlanner.defer``)."""
         network = planner.network
         reader = network.only_reader(index)
-        if reader is not None and network.layers[reader].merges:
-            planner.defer(self)
+        if reader is not None and network.layers[reader].merges and network.layers[reader].weighted_sum:
+            planner.defer(self)           # an Add projects these synapses into its own population
             return
         position = network.follower(index)
         following = network.layers[position] if position is not None else None
@@ -286,17 +286,18 @@ class Network:
         for i in range(len(self.layers)):
             for name in self.sources(i):
                 last_read[name] = i
-        values, kept = {self.input_name: initial}, []
+        values, kept, value = {self.input_name: initial}, [], initial
         for i, layer in enumerate(self.layers):
             sources = self.sources(i)
             value = apply(layer, i, [values[name] for name in sources])
-            if not keep_all:
+            if keep_all:
+                kept.append(value)
+            else:
                 for name in sources:
                     if last_read[name] == i:
                         values.pop(name, None)
             values[layer.name] = value
-            kept.append(value)
-        return kept if keep_all else [kept[-1]] if kept else [initial]
+        return kept if keep_all else [value]
 
     def remove(self, index: int) -> None:
         """Delete layer ``index`` (of one input): the layers that read it read its input instead."""

@@ -61,9 +61,8 @@ class KerasBuilder:
         self.channels_last = any(len(tensor.shape) == 4 for tensor, _ in states)
         tensors = []
         for k, (tensor, last) in enumerate(states):
-            if len(tensor.shape) == 4 and last != self.channels_last:
-                perm = (2, 3, 1) if self.channels_last else (3, 1, 2)
-                tensor = keras.layers.Permute(perm, name=self.name(f"{where}_input{k}_layout"))(tensor)
+            if len(tensor.shape) == 4 and not last:
+                tensor = keras.layers.Permute((2, 3, 1), name=self.name(f"{where}_input{k}_layout"))(tensor)
             tensors.append(tensor)
         return tensors
 

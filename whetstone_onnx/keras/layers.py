@@ -13,8 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..spiking_onnx import nhot_key
-from ..spiking_onnx import BRELU_THRESHOLD, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN
+from ..spiking_onnx import BRELU_THRESHOLD, SHARPNESS_EPSILON, SIGMOID_CLIP, SIGMOID_GAIN, nhot_key
 
 
 class Spiking(keras.layers.Layer):

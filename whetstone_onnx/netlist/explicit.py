@@ -174,7 +174,10 @@ class NetlistPlanner:
     def project(self, post: Population, chunks, candidates: int, max_abs_weight: float, learned: bool,
                 connectivity: dict | None) -> None:
         """Add the projection from the current tensor into ``post``, which becomes the current tensor."""
-        self.projections.append(Projection(post.name, [p.name for p in self.sources], post, chunks, candidates,
+        # Several projections into one population (an Add's) are told apart by their number.
+        name = post.name if not any(p.post is post for p in self.projections) else \
+            f"{post.name}/{sum(p.post is post for p in self.projections)}"
+        self.projections.append(Projection(name, [p.name for p in self.sources], post, chunks, candidates,
                                            max_abs_weight, learned, connectivity))
         self.ids = np.arange(post.first_id, post.first_id + post.count, dtype=np.int64).reshape(post.shape)
         self.sources, self.view = [post], []

@@ -64,12 +64,15 @@ def _split_over_concat(network: Network, index: int) -> list:
     concat, shapes = network.layers[position], network.shapes()
     channels = [(network.input_shape if part < 0 else shapes[part])[0] for part in network.source_indices(position)]
     copies, offset = [], 0
-    for k, (name, width) in enumerate(zip(network.sources(position), channels)):
+    for k, (part, width) in enumerate(zip(network.sources(position), channels)):
         slope = activation.slope if getattr(activation, "slope", None) is None or activation.slope.size == 1 \
             else activation.slope[offset:offset + width]
-        copy = dataclasses.replace(activation, name=f"{activation.name}/{k}",
+        name = f"{activation.name}/{k}"
+        while name in {layer.name for layer in network.layers} | {network.input_name}:
+            name += "_"                     # layer names are unique: links refer to layers by name
+        copy = dataclasses.replace(activation, name=name,
                                    **({"slope": slope} if hasattr(activation, "slope") else {}))
-        network.insert(network.index_of(concat), copy, (name,))
+        network.insert(network.index_of(concat), copy, (part,))
         copies.append(copy)
         offset += width
     network.set_sources(network.index_of(concat), tuple(copy.name for copy in copies))
@@ -92,8 +95,9 @@ def _take_back(network: Network, source: int, reader: int, factors: np.ndarray) 
     layer = network.layers[reader]
     uniform = bool(np.all(factors == factors.flat[0]))
     if isinstance(layer, Add):
-        layer.scale_input(network.source_indices(reader).index(source),
-                          factors.reshape(len(factors), -1)[:, 0])
+        for position, index in enumerate(network.source_indices(reader)):
+            if index == source:                  # every input it is (an Add may read a layer twice)
+                layer.scale_input(position, factors.reshape(len(factors), -1)[:, 0])
     elif isinstance(layer, Concat):
         positions = network.source_indices(reader)
         shapes = [network.input_shape if i < 0 else network.shapes()[i] for i in positions]

@@ -57,12 +57,14 @@ def _take_input_biases(network: Network, index: int) -> np.ndarray:
     """Remove the biases of the Dense / Conv layers that only the Add at ``index`` reads; return
     what they added to the sum (per channel): the thresholds after the sum take it."""
     add = network.layers[index]
-    total = np.zeros(add.out_channels)
+    total, absorbed = np.zeros(add.out_channels), set()
     for source, weights in zip(network.source_indices(index), add.weights):
         layer = network.layers[source] if source >= 0 else None
         if isinstance(layer, LinearLayer) and network.only_reader(source) == index and layer.bias is not None:
-            total += weights.astype(np.float64) * layer.bias.astype(np.float64)
-            layer.bias = None
+            total += weights.astype(np.float64) * layer.bias.astype(np.float64)    # each time the sum reads it
+            absorbed.add(source)
+    for source in absorbed:
+        network.layers[source].bias = None
     return total
 
 

@@ -150,7 +150,7 @@ class MaxPool2d(Pool2d):
 
     def netlist_population(self, planner, index: int, out_shape: tuple[int, ...]):
         """On binary spikes max pooling is an OR: a unit firing on any of its inputs."""
-        if planner.source_kind not in ("spiking", "or"):
+        if not {population.kind for population in planner.sources} <= {"spiking", "or"}:
             raise UnsupportedModelError(f"layer '{self.name}' (maxpool2d) pools {planner.source_kind} values: "
                                         "only max pooling of binary spikes (an OR) has a netlist form")
         return planner.add_population(self.name, "or", out_shape, index,

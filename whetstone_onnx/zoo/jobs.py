@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = "whetstone_onnx.zoo_summary"
 # 1.1: the status accuracy_loss (and its count).
-SUMMARY_SCHEMA_VERSION = "1.1"
+SUMMARY_SCHEMA_VERSION = "1.2"   # 1.2: the out_of_memory status
 MODEL_RECORD_SCHEMA = "whetstone_onnx.zoo_model"
 MODEL_RECORD_FILE = "zoo.json"      # in each model's directory; written last, it marks the directory complete
 LOG_FILE = "zoo.log"                # the worker's stdout and stderr

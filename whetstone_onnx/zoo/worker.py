@@ -67,8 +67,10 @@ def convert(request: dict) -> dict:
         # ImportError when a shared library cannot be mapped, for one): say the limit was on.
         limit = f"; memory limit {request['memory_limit_mb']} MB: raise it if this is out of memory" \
             if request["memory_limit_mb"] else ""
-        # Under a memory limit the error may be the limit's doing: a status --resume retries.
-        return {"status": "out_of_memory" if limit else "failed",
+        # Under a memory limit, a library or file that cannot be mapped is the limit's doing: a status
+        # --resume retries. Other errors are the model's or a bug's.
+        memory = bool(limit) and isinstance(exc, (ImportError, OSError))
+        return {"status": "out_of_memory" if memory else "failed",
                 "error": f"{request['model']}: internal error: {type(exc).__name__}: {first_line} "
                          f"(traceback in zoo.log{limit})"}
     if not converted.passed:
