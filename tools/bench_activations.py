@@ -89,21 +89,20 @@ def export(model, path: Path) -> None:
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def run_model(name: str, dataset, seed: int, build_model=None, **options) -> dict:
-    """One model's row (``build_model``: default ``build(name)``; ``options`` go to ``api.convert``);
-    a model that does not convert gets its one-line error instead of figures."""
+def run_model(name: str, dataset, seed: int) -> dict:
+    """One model's row; a model that does not convert gets its one-line error instead of figures."""
     from whetstone_onnx import api
     from whetstone_onnx.errors import WhetstoneError
 
     start = time.perf_counter()
-    model = train(build_model or (lambda: build(name)), dataset, seed)
+    model = train(lambda: build(name), dataset, seed)
     train_s = round(time.perf_counter() - start, 1)
     with tempfile.TemporaryDirectory(prefix="bench_activations_") as work:
         path = Path(work) / f"{name}.onnx"
         export(model, path)
         start = time.perf_counter()
         try:
-            result = api.convert(path, Path(work) / "out", data=dataset, seed=seed, **{"netlist": False, **options})
+            result = api.convert(path, Path(work) / "out", data=dataset, seed=seed, netlist=False)
         except WhetstoneError as exc:
             return {"model": name, "train_s": train_s, "error": exc.message}
         wall = time.perf_counter() - start
@@ -122,16 +121,22 @@ def approximated_text(approximated: list[dict] | None) -> str:
     return ", ".join(f"{n} {op}" for op, n in counts.items()) or "-"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+def bench_arguments(description: str, models) -> tuple[argparse.Namespace, list[str]]:
+    """(arguments, the model names asked for) of an MNIST model benchmark: --models, --seed, --json."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", default=",".join(models), help=f"comma-separated subset of {', '.join(models)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows here (after every model)")
     args = parser.parse_args()
     names = args.models.split(",")
-    unknown = sorted(set(names) - set(MODELS))
+    unknown = sorted(set(names) - set(models))
     if unknown:
         parser.error(f"unknown models: {', '.join(unknown)}")
+    return args, names
+
+
+def main() -> None:
+    args, names = bench_arguments(__doc__.splitlines()[0], MODELS)
     from whetstone_onnx.data import load_dataset
 
     dataset = load_dataset(MNIST)

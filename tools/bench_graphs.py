@@ -20,7 +20,6 @@ images; the NumPy reference comparison is the conversion's own.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TOOLS), str(TOOLS.parent / "tests")]
-from bench_activations import MNIST, build, export, train  # noqa: E402
+from bench_activations import MNIST, bench_arguments, build, export, train  # noqa: E402
 from exporters import torch_graph_model  # noqa: E402
 
 TARGETS = {"resnet": 0.5, "inception": 0.5, "depthwise": 1.0}     # points lost at most
@@ -73,15 +72,7 @@ def run_model(name: str, dataset, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(TARGETS), help=f"comma-separated subset of {', '.join(TARGETS)}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write the rows here (after every model)")
-    args = parser.parse_args()
-    names = args.models.split(",")
-    unknown = sorted(set(names) - set(TARGETS))
-    if unknown:
-        parser.error(f"unknown models: {', '.join(unknown)}")
+    args, names = bench_arguments(__doc__.splitlines()[0], TARGETS)
     from whetstone_onnx.data import load_dataset
 
     dataset = load_dataset(MNIST)

@@ -273,10 +273,6 @@ class Network:
         (source, *others) = self.source_indices(index)
         return source if not others and source >= 0 and self.follower(source) == index else None
 
-    @property
-    def is_sequential(self) -> bool:
-        return not self.links
-
     def walk(self, apply: Callable[[Layer, int, list], object], initial, *, keep_all: bool = False) -> list:
         """Call ``apply(layer, index, inputs)`` on every layer in order, ``inputs`` being the values
         ``apply`` returned for the layers it reads (``initial`` for the network input); return the
