@@ -33,6 +33,7 @@ FIXTURES: dict[str, tuple[str, tuple[float, float] | None, float | None]] = {
     "torchstyle_mnist_conv.onnx": ("mnist", (0.5, 0.5), 97.5),
     # Pretrained on distorted copies of the split: it must beat what the split alone teaches.
     "torchstyle_mnist_conv_distorted.onnx": ("mnist", (0.5, 0.5), 99.0),
+    "digits_autoencoder.onnx": ("digits", None, None),      # measured by its MSE (AUTOENCODERS)
     "digits_tanh.onnx": ("digits", None, None),
     "digits_lstm.onnx": ("digits", None, None),
 }
@@ -41,6 +42,8 @@ FIXTURES: dict[str, tuple[str, tuple[float, float] | None, float | None]] = {
 ZOO_FIXTURES = ["corrupt.onnx"]
 KERAS = ["digits_dense.onnx", "digits_conv.onnx", "digits_conv_postbn.onnx", "mnist_dense.onnx", "mnist_conv.onnx"]
 TORCHSTYLE = ["torchstyle_digits_conv.onnx", "torchstyle_mnist_conv.onnx", "torchstyle_mnist_conv_distorted.onnx"]
+# Autoencoders (--task reconstruct): file -> the highest reconstruction MSE on the test split.
+AUTOENCODERS = {"digits_autoencoder.onnx": 0.01}
 SUPPORTED = [f for f, (_, _, low) in FIXTURES.items() if low is not None]
 # onnxruntime may round differently on another CPU; a flipped prediction or two is fine.
 ACCURACY_TOLERANCE = 0.3
@@ -125,6 +128,19 @@ def test_accuracy_matches_readme(name: str) -> None:
     assert match, f"README accuracy cell {stated!r}"
     assert accuracy == pytest.approx(float(match.group(1)), abs=ACCURACY_TOLERANCE)
     assert accuracy >= minimum
+
+
+@pytest.mark.parametrize("name", list(AUTOENCODERS))
+def test_reconstruction_matches_readme(name: str) -> None:
+    ds = dataset(FIXTURES[name][0])
+    session = ort.InferenceSession(model(name).SerializeToString(), providers=["CPUExecutionProvider"])
+    x = fit_to_input(ds.x_test, (64,), None, spec=ds.spec)
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert out.shape == (len(x), 8, 8, 1) and 0.0 <= out.min() and out.max() <= 1.0    # a sigmoid image, NHWC
+    mse = float(np.mean((out - x.reshape(out.shape)) ** 2))
+    stated = re.fullmatch(r"MSE ([\d.]+) \(reconstruction\)", readme_rows()[name][4])
+    assert stated, readme_rows()[name][4]
+    assert mse == pytest.approx(float(stated.group(1)), abs=1e-4) and mse <= AUTOENCODERS[name]
 
 
 @pytest.mark.parametrize("name", KERAS)

@@ -77,12 +77,12 @@ def train(build_model, dataset, seed: int):
     return model.eval()
 
 
-def export(model, path: Path) -> None:
+def export(model, path: Path, example_shape: tuple[int, ...] = (1, 784)) -> None:
     """The TorchScript exporter (dynamo=False), as most published models were written; its
     deprecation warning is silenced."""
     import torch
 
-    example = torch.zeros(1, 784)
+    example = torch.zeros(*example_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],

@@ -73,8 +73,10 @@ class Fixture:
     normalize: tuple[float, float] | None
     supported: bool = True
     note: str = "unsupported on purpose"   # the accuracy cell of a fixture that is not measured
+    task: str = "classify"       # reconstruct: an autoencoder, measured by its reconstruction MSE
     opset: int = 0
     accuracy: float | None = None  # percent, onnxruntime on the test split
+    mse: float | None = None       # an autoencoder's, onnxruntime on the test split
     ops: Counter | None = None
     seconds: float = 0.0
 
@@ -180,6 +182,10 @@ def measure(fixture: Fixture) -> None:
     if fixture.supported:
         ds = load_dataset(fixture.data)
         x = fit_to_input(ds.x_test, model_input_shape(model), fixture.normalize, spec=fixture.data)
+        if fixture.task == "reconstruct":
+            reconstructed = onnx_logits(path, x)
+            fixture.mse = float(np.mean((reconstructed - x.reshape(reconstructed.shape)) ** 2))
+            return
         pred = onnx_logits(path, x).argmax(axis=1)
         fixture.accuracy = float(np.mean(pred == ds.y_test) * 100.0)
 
@@ -251,6 +257,20 @@ def digits_conv_postbn(ds: Dataset) -> None:
         L.Flatten(),
         L.Dense(10, activation="softmax"),
     ], nhwc(ds.x_train), ds.y_train, epochs=30)
+
+
+def digits_autoencoder(ds: Dataset) -> None:
+    """A dense autoencoder 64-48-24-48-64 with a sigmoid output reshaped back to the 8 x 8 x 1
+    image (mean squared error, the input its own target): the ``--task reconstruct`` fixture."""
+    keras, _ = _tf()
+    seed_everything()
+    L = keras.layers
+    model = keras.Sequential([L.Input((64,)), L.Dense(48, activation="relu"), L.Dense(24, activation="relu"),
+                              L.Dense(48, activation="relu"), L.Dense(64, activation="sigmoid"), L.Reshape((8, 8, 1))])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    x = flat(ds.x_train)
+    model.fit(x, x.reshape(-1, 8, 8, 1), epochs=150, batch_size=32, shuffle=True, verbose=0)
+    keras_export(model, MODELS / "digits_autoencoder.onnx")
 
 
 def mnist_dense(ds: Dataset) -> None:
@@ -529,7 +549,8 @@ def write_readme(fixtures: list[Fixture]) -> None:
         data = f.data.split(":")[0]
         if f.normalize is not None:
             data += f", normalize {f.normalize[0]:g},{f.normalize[1]:g}"
-        acc = f"{f.accuracy:.2f} %" if f.accuracy is not None else f"n/a ({f.note})"
+        acc = f"{f.accuracy:.2f} %" if f.accuracy is not None else \
+            f"MSE {f.mse:.5f} (reconstruction)" if f.mse is not None else f"n/a ({f.note})"
         lines.append(f"| `{f.file}` | {f.source} | {f.architecture} | {f.opset} | {data} | {acc} |")
     lines += [
         "",
@@ -593,6 +614,9 @@ def main(only: list[str]) -> int:
         (Fixture("digits_conv_postbn.onnx", "Keras 3 `model.export(format=\"onnx\")`",
                  "NHWC 8x8x1: Conv 8 (same)+ReLU+BN, Conv 16 (same)+ReLU+MaxPool 2+BN, Flatten, Dense 10 softmax",
                  "digits", None), lambda: digits_conv_postbn(digits)),
+        (Fixture("digits_autoencoder.onnx", "Keras 3 `model.export(format=\"onnx\")`",
+                 "autoencoder: Dense 64-48-24-48-64, relu, sigmoid output, Reshape to 8x8x1", "digits", None,
+                 task="reconstruct"), lambda: digits_autoencoder(digits)),
         (Fixture("mnist_dense.onnx", "Keras 3 `model.export(format=\"onnx\")`",
                  "Dense 784-256-64-10, relu, softmax", mnist_spec, None), lambda: mnist_dense(mnist)),
         (Fixture("mnist_conv.onnx", "Keras 3 `model.export(format=\"onnx\")`",
@@ -628,7 +652,8 @@ def main(only: list[str]) -> int:
             build()
         fixture.seconds = time.perf_counter() - t0
         measure(fixture)
-        acc = f"{fixture.accuracy:.2f} %" if fixture.accuracy is not None else "unsupported"
+        acc = f"{fixture.accuracy:.2f} %" if fixture.accuracy is not None else \
+            f"MSE {fixture.mse:.5f}" if fixture.mse is not None else "unsupported"
         print(f"{fixture.file:30s} {acc:>12s}  opset {fixture.opset}  {fixture.seconds:5.1f} s  {dict(fixture.ops)}",
               flush=True)
         done.append(fixture)

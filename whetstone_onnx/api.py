@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import check, conversion
+from . import check, conversion, runtime
 from .artifacts import OutputFolder, file_sha256, json_bytes, verified_report, write_atomic, write_atomic_with
 from .conversion import (DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_SYNAPSES, NETLIST_FILES,  # noqa: F401  (for the CLI)
                          RANDOM_CHECK_SAMPLES, ConvertOptions)
@@ -23,10 +23,14 @@ from .netlist.explicit import HEADER_FILE
 from .netlist.nir_export import DEFAULT_DT
 from .network_passes.activations import approximated_activations
 from .network_passes.calibrate import DEFAULT_PERCENTILE
-from .network_passes.output_stage import OUTPUT_MODES, make_output_stage  # noqa: F401  (OUTPUT_MODES: for the CLI)
+from .network_passes.levels import expand_levels
+from .network_passes.output_stage import (OUTPUT_MODES, make_output_stage,  # noqa: F401  (OUTPUT_MODES: for the CLI)
+                                          make_regression_output, split_readout_tail)
 from .onnx_passes.pipeline import qualified_op_type, unsupported_nodes
-from .plot import training_plot
-from .report import DEFAULT_MAX_LOSS, accuracy_table, conversion_report, layer_table
+from .plot import RECONSTRUCTIONS_SHOWN, reconstruction_plot, training_plot
+from .tasks import (DEFAULT_MAX_ERROR_RATIO, REGRESSION_LEVELS, TASKS,  # noqa: F401  (REGRESSION_LEVELS: for the CLI)
+                    default_levels, is_regression, suggest_task)
+from .report import DEFAULT_MAX_LOSS, accuracy_table, conversion_report, layer_table, loss_guard
 
 # A path, or the model's bytes or ModelProto (then ``model_dir``: the folder holding its external data, if any).
 ModelInput = str | Path | bytes | onnx.ModelProto
@@ -43,6 +47,8 @@ class InspectResult:
     layers: list[dict] = field(default_factory=list)   # planned network, when supported
     approximated: list[dict] = field(default_factory=list)   # planned units that approximate their activation
     problem: str | None = None                    # why the plan failed, when it did
+    task: str = "classify"                        # the task planned for (tasks.TASKS)
+    suggested_task: str | None = None             # what the graph suggests (tasks.suggest_task)
 
     @property
     def supported(self) -> bool:
@@ -57,12 +63,16 @@ class InspectResult:
     def to_dict(self) -> dict:
         return {"model": self.source, "opset": self.opset, "supported": self.supported, "ops": self.ops,
                 "unsupported": [{"op_type": t, "node": n} for t, n in self.unsupported],
-                "problem": self.problem, "layers": self.layers, "approximated_activations": self.approximated}
+                "problem": self.problem, "task": self.task, "suggested_task": self.suggested_task,
+                "layers": self.layers, "approximated_activations": self.approximated}
 
 
-def inspect(model: ModelInput, *, model_dir: str | Path | None = None, output_name: str | None = None
-            ) -> InspectResult:
-    """What the model holds, what is supported, and the spiking layers the converter would build."""
+def inspect(model: ModelInput, *, model_dir: str | Path | None = None, output_name: str | None = None,
+            task: str | None = None) -> InspectResult:
+    """What the model holds, what is supported, and the spiking layers the converter would build
+    for ``task`` (default: the one the graph suggests, see tasks.suggest_task)."""
+    if task is not None and task not in TASKS:
+        raise InputError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
     loaded = load_model(model, model_dir, output_name)
     counts = Counter(qualified_op_type(node) for node in loaded.model.graph.node)
     unsupported = unsupported_nodes(loaded.model)
@@ -76,9 +86,16 @@ def inspect(model: ModelInput, *, model_dir: str | Path | None = None, output_na
         # Everything convert does before training (calibrated on random inputs, the N-hot output
         # stage it builds without data), so that what inspect accepts, convert accepts.
         network = conversion.float_network(loaded)[0]
+        result.suggested_task = suggest_task(network.input_shape, network.shapes()[-1])
+        result.task = task or result.suggested_task
+        tail = split_readout_tail(network) if is_regression(result.task) else []
         calibration = conversion.fitted_inputs(None, network, None, 0)[0]
         calibrated = conversion.sharpenable_passes(network, calibration, DEFAULT_PERCENTILE)[1]
-        make_output_stage(network, "nhot", calibrated.outputs)
+        expand_levels(network, default_levels(result.task))
+        if is_regression(result.task):
+            make_regression_output(network, tail)
+        else:
+            make_output_stage(network, "nhot", calibrated.outputs)
     except UnsupportedModelError as exc:
         result.problem = exc.message
         return result
@@ -111,7 +128,7 @@ class ConversionResult:
     def accuracy_ok(self) -> bool:
         """False when the spiking network lost more than the allowed accuracy and the user
         did not accept it (always True without data)."""
-        guard = self.report["accuracy_guard"]
+        guard = loss_guard(self.report)
         return guard is None or guard["passed"] or guard["accepted"]
 
     def summary(self) -> str:
@@ -119,14 +136,25 @@ class ConversionResult:
 
 
 def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str | Dataset | None = None,
-            normalize: tuple[float, float] | None = None, output: str = "auto", key_width: int | None = None,
+            normalize: tuple[float, float] | None = None, task: str = "classify", levels: int | None = None,
+            output: str = "auto",
+            key_width: int | None = None,
             seed: int = 0, finetune: bool | FinetuneOptions = True,
             calibration_percentile: float = DEFAULT_PERCENTILE, progress: bool = False,
             netlist: bool = True, nir_profile: str = "portable", nir_dt: float = DEFAULT_DT,
             weight_bits: int | None = None, hardware: str | None = None,
-            max_loss: float = DEFAULT_MAX_LOSS, accept_loss: bool = False,
-            model_dir: str | Path | None = None, output_name: str | None = None) -> ConversionResult:
-    """Convert a trained ONNX classifier into sharpenable and spiking ONNX graphs.
+            max_loss: float = DEFAULT_MAX_LOSS, max_error_ratio: float = DEFAULT_MAX_ERROR_RATIO,
+            accept_loss: bool = False, model_dir: str | Path | None = None,
+            output_name: str | None = None) -> ConversionResult:
+    """Convert a trained ONNX classifier (or autoencoder, or regression model) into sharpenable
+    and spiking ONNX graphs.
+
+    ``task`` (tasks.TASKS): "classify" (class labels), "reconstruct" (the target is the input:
+    autoencoders) or "regress" (real-valued targets from an npz archive's y arrays). For the
+    last two the output is read out of the last weight layer as real values, fine-tuning
+    minimises the MSE, the report gives ``metrics`` (MSE, PSNR for images) and its
+    ``error_guard`` fails the conversion when the spiking network's MSE is more than
+    ``max_error_ratio`` times the original's.
 
     With data, the network is fine-tuned through Keras while it is sharpened
     (``finetune``: True for the defaults, a ``FinetuneOptions`` to choose, False
@@ -144,10 +172,12 @@ def convert(model: ModelInput, out_dir: str | Path | None = None, *, data: str |
     for bytes or a ModelProto), never from the working directory. ``output_name``: the class-score
     output of a model with several (by default the only float one of rank 2 or more).
     """
-    options = ConvertOptions(normalize=normalize, output=output, key_width=key_width, seed=seed, finetune=finetune,
+    options = ConvertOptions(normalize=normalize, task=task, levels=levels, output=output, key_width=key_width,
+                             seed=seed, finetune=finetune,
                              calibration_percentile=calibration_percentile, progress=progress, netlist=netlist,
                              nir_profile=nir_profile, nir_dt=nir_dt, weight_bits=weight_bits, hardware=hardware,
-                             max_loss=max_loss, accept_loss=accept_loss, model_dir=model_dir, output_name=output_name)
+                             max_loss=max_loss, max_error_ratio=max_error_ratio, accept_loss=accept_loss,
+                             model_dir=model_dir, output_name=output_name)
     return convert_with_options(model, out_dir, data=data, options=options)
 
 
@@ -232,6 +262,11 @@ def _write(out_dir: Path, c: conversion.Conversion, report: dict) -> None:
     write_atomic(out_dir / "spiking.onnx", c.spiking_model.SerializeToString())
     if c.tuned is not None:
         write_atomic(out_dir / "training.png", training_plot(c.tuned.history))
+    if c.metrics is not None and "psnr_db" in c.metrics["spiking"]:       # reconstructed images
+        shown = c.test[:RECONSTRUCTIONS_SHOWN]
+        write_atomic(out_dir / "reconstructions.png", reconstruction_plot(
+            [("target", c.y_test[:RECONSTRUCTIONS_SHOWN]), ("original", runtime.predict(c.loaded.model, shown)),
+             ("spiking", runtime.predict(c.spiking_model, shown))]))
     # Every file beside the report, with its hash: ``check`` trusts none it cannot verify.
     report["artifacts"] = {path.name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}
                            for path in sorted(out_dir.iterdir()) if path.is_file() and not path.name.startswith(".")}
@@ -259,9 +294,12 @@ class CheckResult:
         lines = [f"{self.out_dir}: {self.samples} inputs ({self.data or 'random'})"]
         for name, result in self.comparisons.items():
             ties = sum(layer["ties"] for layer in result["layers"])
+            output = result.get("output")
             lines.append(f"  {name:<28} {'agree' if result['passed'] else 'DISAGREE'}: "
                          f"{result['unexplained']} unexplained differences, {ties} threshold ties, "
-                         f"{len(result['layers'])} layers")
+                         f"{len(result['layers'])} layers" + ("" if not output else
+                                                             f"; real-valued outputs within "
+                                                             f"{output['relative_diff']:.1e} (relative)"))
             for difference in result.get("differences", [])[:10]:
                 lines.append(f"    layer {difference['layer']} sample {difference['sample']} neuron "
                              f"{difference['neuron']}: potential {difference['distance_to_threshold']:.3g} "
@@ -284,7 +322,7 @@ def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
         options = report.get("options") if isinstance(report.get("options"), dict) else {}
         data = options.get("data")
         normalize = normalize or (tuple(options["normalize"]) if options.get("normalize") else None)
-    dataset = load_dataset(data) if isinstance(data, str) else data
+    dataset = load_dataset(data, report.get("task") == "regress") if isinstance(data, str) else data
     shape = tuple(d.dim_value for d in spiking_model.graph.input[0].type.tensor_type.shape.dim[1:])
     rng = np.random.default_rng(seed)
     if dataset is None:

@@ -10,6 +10,9 @@
   Mismatches whose potential lies within ``TIE_MARGIN`` (relative) of the
   threshold are float-summation-order ties and are counted as such; any other
   mismatch fails the check.
+
+A regression network's real-valued output (its readout and what the host applies
+after it) is compared within FLOAT_TOLERANCE of the output scale, in every check.
 """
 from __future__ import annotations
 
@@ -83,10 +86,22 @@ class LayerSpikeCheck:
                    near_threshold=int(near.sum()), max_potential_diff=max_potential_diff)
 
 
+def compare_values(expected: np.ndarray, actual: np.ndarray) -> dict:
+    """Real-valued outputs against each other, within FLOAT_TOLERANCE of the expected ones' scale."""
+    expected = np.asarray(expected, np.float64).reshape(len(expected), -1)
+    actual = np.asarray(actual, np.float64).reshape(expected.shape)
+    difference = float(np.abs(expected - actual).max()) if expected.size else 0.0
+    relative = difference / max(float(np.abs(expected).max()) if expected.size else 0.0, 1e-12)
+    return {"max_abs_diff": difference, "relative_diff": relative, "tolerance": FLOAT_TOLERANCE,
+            "passed": relative <= FLOAT_TOLERANCE}
+
+
 class _LayerTotals:
-    """Totals of a layer-by-layer comparison; a mismatch is explained only when it is a tie."""
+    """Totals of a layer-by-layer comparison; a mismatch is explained only when it is a tie.
+    ``output``: the comparison of real-valued outputs (compare_values), None for spikes."""
 
     layers: list[LayerSpikeCheck]
+    output: dict | None
 
     @property
     def unexplained(self) -> int:
@@ -94,7 +109,7 @@ class _LayerTotals:
 
     @property
     def passed(self) -> bool:
-        return self.unexplained == 0
+        return self.unexplained == 0 and (self.output is None or self.output["passed"])
 
     def to_dict(self) -> dict:
         return {**asdict(self), "unexplained": self.unexplained, "passed": self.passed}
@@ -106,6 +121,7 @@ class SpikeCheck(_LayerTotals):
     tie_margin: float
     layers: list[LayerSpikeCheck] = field(default_factory=list)
     free_running_class_agreement: float = 1.0   # NumPy end to end vs onnxruntime end to end
+    output: dict | None = None
 
 
 
@@ -116,6 +132,8 @@ def check_spiking(network: Network, x: np.ndarray) -> SpikeCheck:
     names = [o.name for o in model.graph.output]
     ort_layers = [outputs[n] for n in names[1:]] + [outputs[names[0]]]
     result = SpikeCheck(len(x), TIE_MARGIN)
+    readout = network.readout_index() if network.regression else len(network.layers)
+    values: list[dict] = []                # the readout's and its tail's, each from onnxruntime's input
 
     def compare(layer, index: int, inputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """``inputs``: (onnxruntime's, the reference's) value of each tensor the layer reads.
@@ -126,12 +144,16 @@ def check_spiking(network: Network, x: np.ndarray) -> SpikeCheck:
         ref_out = layer.forward(*(ref_in if isinstance(layer, Spike) else ort_in))
         if isinstance(layer, Spike):
             result.layers.append(_compare_spikes(layer, ort_in[0], ref_in[0], ort_out, ref_out))
+        elif index >= readout:
+            values.append(compare_values(ref_out, ort_out))
         return ort_out.astype(np.float64), ref_out
 
     _, last = network.walk(compare, (x.astype(np.float64), x.astype(np.float64)))[0]
     # With no spike mismatch anywhere, every layer's input was the same 0/1 values in both,
     # so the last reference output already is the free-running one; otherwise rerun it.
     reference = last if not any(layer.mismatches for layer in result.layers) else network.forward(x)
+    if values:
+        result.output = max(values, key=lambda comparison: comparison["relative_diff"])
     result.free_running_class_agreement = float(np.mean(
         reference.reshape(len(x), -1).argmax(1) == ort_layers[-1].reshape(len(x), -1).argmax(1)))
     return result
@@ -155,6 +177,7 @@ class NetlistCheck(_LayerTotals):
     tie_margin: float
     layers: list[LayerSpikeCheck] = field(default_factory=list)
     differences: list[dict] = field(default_factory=list)   # the first 100 mismatches, with distances
+    output: dict | None = None
 
     def add_layer(self, layer: str, ours: np.ndarray, expected: np.ndarray, distance: np.ndarray,
                   margin: float) -> None:
@@ -196,6 +219,8 @@ def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NetlistCh
                                     potentials[node].shape[1:]).reshape(-1).astype(np.float64)
         margin = TIE_MARGIN * max(1.0, float(np.abs(potential).max()))
         result.add_layer(layer, ours, expected[node], np.abs(potential - threshold), margin)
+    if "output" in graph.metadata:              # a regression network's real values (nir_export.py)
+        result.output = compare_values(runtime.predict(spiking_model, x), simulated["output"])
     return result
 
 
@@ -215,4 +240,6 @@ def check_netlist(spiking_model: onnx.ModelProto, netlist, x: np.ndarray) -> Net
         threshold = netlist.thresholds(population).astype(np.float64)[None, :]
         margin = max(TIE_MARGIN * max(1.0, float(np.abs(potential).max())), TIE_TOLERANCE)
         result.add_layer(population["layer_name"], ours, expected[name], np.abs(potential - threshold), margin)
+    if simulated.values is not None:
+        result.output = compare_values(runtime.predict(spiking_model, x), simulated.values)
     return result

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", help="an .onnx file")
     inspect.add_argument("--json", action="store_true", help="print the result as JSON")
     inspect.add_argument("--output-name", metavar="NAME", help=OUTPUT_NAME_HELP)
+    inspect.add_argument("--task", choices=api.TASKS,
+                         help="plan for this task (default: the one the graph suggests: reconstruct for an output "
+                              "as large as the input, else classify)")
 
     convert = commands.add_parser("convert", help="convert a model; writes sharpenable.onnx, spiking.onnx, "
                                                   "report.json",
@@ -69,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--data", metavar="SPEC", help="digits | mnist:DIR | npz:FILE")
     convert.add_argument("--normalize", metavar="MEAN,STD", type=_normalize,
                          help="the model expects (x - MEAN) / STD of the data's [0, 1] pixels")
+    convert.add_argument("--task", choices=api.TASKS, default="classify",
+                         help="what the model is for: classify (default: class labels), reconstruct (an "
+                              "autoencoder: the target is its input) or regress (real-valued targets: an npz "
+                              "archive's float y_train / y_test); the last two read real values out of the last "
+                              "layer and report MSE instead of accuracy")
+    convert.add_argument("--levels", type=int, metavar="K",
+                         help="binary units per hidden unit between two dense layers, with staggered thresholds "
+                              "(a thermometer code of its value: K times the neurons there); default 1 for "
+                              f"classify, {api.REGRESSION_LEVELS} for reconstruct and regress")
     convert.add_argument("--output", choices=api.OUTPUT_MODES, default="auto",
                          help="output stage: a spiking N-hot code, a float readout of the last layer, or "
                               "auto (default): both trained while fine-tuning, the better one on the "
@@ -82,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--max-loss", type=float, default=api.DEFAULT_MAX_LOSS, metavar="POINTS",
                          help="with --data: fail (exit 1) when the spiking network scores more than POINTS below "
                               f"the original (default {api.DEFAULT_MAX_LOSS:g})")
+    convert.add_argument("--max-error-ratio", type=float, default=api.DEFAULT_MAX_ERROR_RATIO, metavar="RATIO",
+                         help="--task reconstruct / regress: fail (exit 1) when the spiking network's MSE is more "
+                              f"than RATIO times the original's (default {api.DEFAULT_MAX_ERROR_RATIO:g})")
     convert.add_argument("--accept-loss", action="store_true",
-                         help="keep a conversion that loses more than --max-loss (still reported loudly)")
+                         help="keep a conversion that loses more than --max-loss or --max-error-ratio allow "
+                              "(still reported loudly)")
     convert.add_argument("--force", action="store_true",
                          help="replace OUTDIR if it is not empty (it is replaced whole, never mixed)")
     convert.add_argument("--max-elements", type=int, default=api.DEFAULT_MAX_ELEMENTS, metavar="N",
@@ -217,11 +233,14 @@ def _naming_the_file(message: str, args) -> str:
 
 
 def _inspect(args) -> int:
-    result = api.inspect(args.model, output_name=args.output_name)
+    result = api.inspect(args.model, output_name=args.output_name, task=args.task)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(f"{result.source}: opset {result.opset}")
+        if result.suggested_task is not None:
+            print(f"task: {result.task}" + (" (suggested by the graph; --task to choose)" if args.task is None
+                                              else f" (the graph suggests {result.suggested_task})"))
         for op, info in result.ops.items():
             print(f"  {op:<22} x{info['count']:<4} {'supported' if info['supported'] else 'UNSUPPORTED'}")
         if result.layers:
@@ -255,19 +274,22 @@ def _convert(args) -> int:
                                  calibration_percentile=args.percentile,
                                  progress=not getattr(args, "quiet", False), netlist=not args.no_netlist,
                                  nir_profile=args.nir_profile, nir_dt=args.nir_dt, weight_bits=args.weight_bits,
-                                 hardware=args.hardware, max_loss=args.max_loss, accept_loss=args.accept_loss,
+                                 hardware=args.hardware, max_loss=args.max_loss,
+                                 max_error_ratio=args.max_error_ratio, accept_loss=args.accept_loss, task=args.task,
+                                 levels=args.levels,
                                  output_name=args.output_name, force=args.force, max_elements=args.max_elements,
                                  max_synapses=args.max_synapses)
     result = api.convert_with_options(args.model, args.out, data=args.data, options=options)
     print(result.summary())
     netlist_files = ["model.nir", *api.NETLIST_FILES] if not args.no_netlist else []
     written = ["sharpenable.onnx", "spiking.onnx", *netlist_files, "report.json"] + \
-        (["training.png"] if result.report["finetune"]["performed"] else [])
+        (["training.png"] if result.report["finetune"]["performed"] else []) + \
+        (["reconstructions.png"] if "reconstructions.png" in result.report["artifacts"] else [])
     print(f"\nwrote {', '.join(f'{args.out}/{name}' for name in written)}")
     if not result.passed:
         raise CheckFailed(f"{args.model}: equivalence check failed (see {args.out}/report.json)")
     if not result.accuracy_ok:
-        raise CheckFailed(f"{guard_message(args.model, result.report['accuracy_guard'])} (see {args.out}/report.json; "
+        raise CheckFailed(f"{guard_message(args.model, result.report)} (see {args.out}/report.json; "
                           "--accept-loss keeps it)")
     return 0
 

@@ -38,10 +38,14 @@ from .ops.dense import Dense
 from .network_passes.activations import activations_before_pooling, approximated_activations, replace_activations
 from .network_passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
 from .onnx_passes.normalisers import REMOVED_NORMALISER
-from .network_passes.output_stage import OUTPUT_MODES, conv_head_to_dense, make_output_stage
+from .network_passes.output_stage import (OUTPUT_MODES, conv_head_to_dense, make_output_stage,
+                                           make_regression_output, split_readout_tail)
 from .onnx_passes.pipeline import run_onnx_passes, unsupported_nodes
 from .network_passes.step_network import to_step_network
 from .report import DEFAULT_MAX_LOSS
+from .network_passes.levels import MAX_LEVELS, expand_levels
+from .tasks import (DEFAULT_MAX_ERROR_RATIO, TASKS, default_levels, image_peak, is_regression, regression_metrics,
+                    targets)
 
 CALIBRATION_SAMPLES = 1000
 NETLIST_FILES = (SYNAPSES_FILE, NEURONS_FILE, HEADER_FILE)   # header last: it vouches for the others
@@ -57,6 +61,8 @@ class ConvertOptions:
     """Every choice ``convert`` leaves to the user but the model, the data and the output folder.
     See ``api.convert`` for what each one does."""
     normalize: tuple[float, float] | None = None
+    task: str = "classify"                          # tasks.TASKS
+    levels: int | None = None                       # binary units per hidden dense unit; None: tasks.default_levels
     output: str = "auto"
     key_width: int | None = None
     seed: int = 0
@@ -69,6 +75,7 @@ class ConvertOptions:
     weight_bits: int | None = None
     hardware: str | None = None
     max_loss: float = DEFAULT_MAX_LOSS
+    max_error_ratio: float = DEFAULT_MAX_ERROR_RATIO  # regression: spiking MSE / original MSE allowed
     accept_loss: bool = False
     model_dir: str | Path | None = None
     output_name: str | None = None
@@ -79,6 +86,17 @@ class ConvertOptions:
 
     def validate(self) -> None:
         """``InputError`` naming the first option out of range, before any work."""
+        if self.task not in TASKS:
+            raise InputError(f"--task {self.task!r}: expected one of {', '.join(TASKS)}")
+        if is_regression(self.task) and self.output != "auto":
+            raise InputError(f"--output {self.output}: a classifier's output stage; --task {self.task} reads "
+                             "real values out of the last layer")
+        if is_regression(self.task) and self.finetune and self.finetune_options.distillation:
+            raise InputError(f"--distill: distils class probabilities, not --task {self.task}")
+        if not (math.isfinite(self.max_error_ratio) and self.max_error_ratio >= 1.0):
+            raise InputError(f"--max-error-ratio {self.max_error_ratio}: expected a ratio of at least 1")
+        if self.levels is not None and not 1 <= self.levels <= MAX_LEVELS:
+            raise InputError(f"--levels {self.levels}: expected 1 to {MAX_LEVELS}")
         if not 0.0 < self.calibration_percentile <= 100.0:
             raise InputError(f"calibration percentile {self.calibration_percentile}: must be in (0, 100]")
         if self.output not in OUTPUT_MODES:
@@ -121,6 +139,8 @@ class Conversion:
     normaliser: str | None = None                   # the output Softmax / LogSoftmax the passes removed
     train: np.ndarray | None = None                 # inputs fitted to the model (random without data)
     test: np.ndarray | None = None
+    y_train: np.ndarray | None = None               # the task's targets (tasks.targets), with data
+    y_test: np.ndarray | None = None
     rng: np.random.Generator | None = None
     calibration: np.ndarray | None = None
     # float_check
@@ -150,7 +170,8 @@ class Conversion:
     netlist_check: check.NetlistCheck | None = None
     # spike_check, accuracy
     spike_check: check.SpikeCheck | None = None
-    accuracy: dict[str, float] | None = None
+    accuracy: dict[str, float] | None = None         # classify
+    metrics: dict[str, dict[str, float]] | None = None   # reconstruct, regress: graph -> {"mse", "psnr_db"}
 
     @property
     def doc(self) -> str:
@@ -162,7 +183,7 @@ def load(c: Conversion) -> None:
     unsupported = unsupported_nodes(c.loaded.model)
     if unsupported:
         raise UnsupportedModelError.for_ops(c.loaded.source, unsupported)
-    c.dataset = load_dataset(c.data) if isinstance(c.data, str) else c.data
+    c.dataset = load_dataset(c.data, c.options.task == "regress") if isinstance(c.data, str) else c.data
     if c.dataset is not None:
         check_dataset(c.dataset)
 
@@ -171,9 +192,13 @@ def passes(c: Conversion) -> None:
     c.float_network, c.onnx_counts, c.normaliser = float_network(c.loaded)
     _check_size(c.float_network, c.options.max_elements, c.loaded.source)
     output_shape = c.float_network.shapes()[-1]
-    if c.dataset is not None and len(output_shape) == 1:
+    task = c.options.task
+    if c.dataset is not None and len(output_shape) == 1 and task == "classify":
         check_dataset(c.dataset, classes=output_shape[0])
     c.train, c.test, c.rng = fitted_inputs(c.dataset, c.float_network, c.options.normalize, c.options.seed)
+    if c.dataset is not None:
+        c.y_train, c.y_test = (targets(task, labels, x, output_shape, c.dataset.spec)
+                               for labels, x in ((c.dataset.y_train, c.train), (c.dataset.y_test, c.test)))
     c.calibration = c.train[c.rng.permutation(len(c.train))[:CALIBRATION_SAMPLES]]
 
 
@@ -185,8 +210,15 @@ def float_check(c: Conversion) -> None:
 def sharpen(c: Conversion) -> None:
     options = c.options
     c.sharpenable = c.float_network.copy()
+    regression = is_regression(options.task)
+    tail = split_readout_tail(c.sharpenable) if regression else []
     c.network_counts, calibrated = sharpenable_passes(c.sharpenable, c.calibration, options.calibration_percentile)
     c.approximated = approximated_activations(c.sharpenable)
+    c.network_counts["expand_levels"] = expand_levels(c.sharpenable, options.levels or default_levels(options.task))
+    if regression:
+        c.network_counts["make_regression_output"] = make_regression_output(c.sharpenable, tail)
+        _start(c)
+        return
     # "auto": fine-tuning trains an N-hot code and a readout side by side and keeps the one
     # that validates better. With nothing to validate on, the N-hot code, unless the model
     # is already sharpened (a Whetstone graph, such as a readout this converter wrote).
@@ -197,10 +229,15 @@ def sharpen(c: Conversion) -> None:
     stage = options.output if options.output != "auto" else "readout" if sharpened and not choose_output else "nhot"
     c.network_counts["make_output_stage"] = make_output_stage(c.sharpenable, stage, calibrated.outputs,
                                                               key_width=options.key_width, seed=options.seed)
+    _start(c)
+    c.start_agreement = check.class_agreement(c.loaded.model, c.initial_model, c.test)
+
+
+def _start(c: Conversion) -> None:
+    """The sharpenable network before training, as ONNX, and its layers' sharpness."""
     c.initial_model = to_onnx(c.sharpenable, graph_name="sharpenable", doc=c.doc)
     # Per layer: 0 for a converted model; a Whetstone Keras model's export keeps the sharpness it had.
     c.start_sharpness = [layer.sharpness for layer in c.sharpenable.layers if isinstance(layer, Sharpenable)]
-    c.start_agreement = check.class_agreement(c.loaded.model, c.initial_model, c.test)
 
 
 def netlist_forms(c: Conversion) -> None:
@@ -230,8 +267,9 @@ def finetune(c: Conversion) -> None:
     else:
         recipe = options.finetune_options
         teacher = runtime.batch_function(c.float_model) if recipe.distillation else None
-        c.tuned = run_finetune(c.sharpenable, c.train, c.dataset.y_train, c.test, c.dataset.y_test, recipe,
-                               progress=options.progress, teacher=teacher, readout=c.readout)
+        c.tuned = run_finetune(c.sharpenable, c.train, c.y_train, c.test, c.y_test, recipe,
+                               progress=options.progress, teacher=teacher, readout=c.readout,
+                               regression=is_regression(options.task))
         c.trained = c.tuned.network
         c.finetune_report.update(performed=True, options=asdict(c.tuned.options),
                                  reached_full_sharpness=c.tuned.reached_full_sharpness,
@@ -256,22 +294,30 @@ def netlist(c: Conversion) -> None:
         c.staging = tempfile.TemporaryDirectory(prefix="whetstone_netlist_")
     where = c.out_dir if c.out_dir is not None else Path(c.staging.name)
     c.netlist_report, c.netlist_check = _explicit_netlist(c.spiking, c.spiking_model, where, c.test,
-                                                          c.dataset, options.weight_bits, options.hardware)
+                                                          c.y_test, options.weight_bits, options.hardware,
+                                                          image_peak(options.task, c.y_test) if c.y_test is not None
+                                                          else None)
 
 
 def spike_check(c: Conversion) -> None:
     c.spike_check = check.check_spiking(c.spiking, c.test)
     if c.tuned is not None:
-        c.finetune_report["keras_vs_spiking_onnx"] = keras_vs_spiking_onnx(
-            c.tuned.keras_spiking_predictions, c.spiking_model, c.test)
+        compare = keras_vs_spiking_values if c.spiking.regression else keras_vs_spiking_onnx
+        c.finetune_report["keras_vs_spiking_onnx"] = compare(c.tuned.keras_spiking_predictions, c.spiking_model,
+                                                             c.test)
 
 
 def accuracy(c: Conversion) -> None:
     if c.dataset is None:
         return
-    c.accuracy = {name: _accuracy(model, c.test, c.dataset.y_test) for name, model in
-                  (("original", c.loaded.model), ("float", c.float_model), ("sharpenable_start", c.initial_model),
-                   ("sharpenable", c.sharpenable_model), ("spiking", c.spiking_model))}
+    models = (("original", c.loaded.model), ("float", c.float_model), ("sharpenable_start", c.initial_model),
+              ("sharpenable", c.sharpenable_model), ("spiking", c.spiking_model))
+    if c.spiking.regression:
+        peak = image_peak(c.options.task, c.y_test)
+        c.metrics = {name: regression_metrics(runtime.predict(model, c.test), c.y_test, peak)
+                     for name, model in models}
+    else:
+        c.accuracy = {name: _accuracy(model, c.test, c.y_test) for name, model in models}
 
 
 STAGES: list[tuple[str, Callable[[Conversion], None]]] = [
@@ -304,8 +350,8 @@ def run(conversion: Conversion) -> Conversion:
 
 
 def _did_work(stage: str, c: Conversion) -> bool:
-    return {"netlist_forms": c.options.netlist, "finetune": c.tuned is not None,
-            "netlist": c.nir_graph is not None, "accuracy": c.accuracy is not None}.get(stage, True)
+    return {"netlist_forms": c.options.netlist, "finetune": c.tuned is not None, "netlist": c.nir_graph is not None,
+            "accuracy": c.dataset is not None}.get(stage, True)
 
 
 # ----------------------------------------------------------------------------- shared with inspect
@@ -368,12 +414,21 @@ def keras_vs_spiking_onnx(keras_predictions: np.ndarray, spiking_model: onnx.Mod
             "differences": differences[:100].tolist()}
 
 
+def keras_vs_spiking_values(keras_outputs: np.ndarray, spiking_model: onnx.ModelProto, x: np.ndarray) -> dict:
+    """How far the Keras model at sharpness 1 and ``spiking.onnx`` compute apart (real-valued outputs)."""
+    spiking = runtime.predict(spiking_model, x).reshape(len(x), -1).astype(np.float64)
+    difference = float(np.abs(spiking - keras_outputs.reshape(len(x), -1)).max())
+    return {"samples": len(x), "max_abs_diff": difference,
+            "relative_diff": difference / max(float(np.abs(spiking).max()), 1e-12)}
+
+
 def _accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(runtime.predict(model, x).reshape(len(x), -1).argmax(1) == labels))
 
 
 def _explicit_netlist(spiking: Network, spiking_model: onnx.ModelProto, directory: Path, test: np.ndarray,
-                      dataset: Dataset | None, weight_bits: int | None, hardware: str | None):
+                      y_test: np.ndarray | None, weight_bits: int | None, hardware: str | None,
+                      peak: float | None):
     """Write the explicit netlist into ``directory``, check and measure it: (report entry, check or None)."""
     from .netlist.explicit import read_netlist, write_netlist
     from .netlist.hardware import check_hardware
@@ -388,7 +443,9 @@ def _explicit_netlist(spiking: Network, spiking_model: onnx.ModelProto, director
              "synops_per_mac": simulated.synops / operations if operations else None,
              "spike_rates": simulated.spike_rate,
              "hardware": None if hardware is None else check_hardware(stats, HARDWARE_PRESETS[hardware])}
-    if dataset is not None:
-        entry["explicit"]["accuracy"] = float(np.mean(simulated.classes == dataset.y_test))
+    if y_test is not None and spiking.regression:
+        entry["explicit"]["metrics"] = regression_metrics(simulated.values, y_test, peak)
+    elif y_test is not None:
+        entry["explicit"]["accuracy"] = float(np.mean(simulated.classes == y_test))
     # Quantized weights compute other spikes by design: their effect is the accuracy above.
     return entry, None if weight_bits is not None else check.check_netlist(spiking_model, netlist, test)

@@ -57,9 +57,9 @@ class Dataset:
 
     spec: str              # the spec string as the user gave it
     x_train: np.ndarray    # float32, shape (N, *sample_shape); digits /16, mnist /255, npz as stored
-    y_train: np.ndarray    # int64 (N,)
+    y_train: np.ndarray    # int64 (N,) class labels; float32 (N, ...) real targets (load_dataset's real_targets)
     x_test: np.ndarray     # float32, shape (M, *sample_shape)
-    y_test: np.ndarray     # int64 (M,)
+    y_test: np.ndarray     # like y_train
 
     @property
     def num_classes(self) -> int:
@@ -75,9 +75,13 @@ class Dataset:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
 
-def load_dataset(spec: str) -> Dataset:
-    """Load the data set a ``--data`` spec names; ``DataError`` if it cannot be used."""
+def load_dataset(spec: str, real_targets: bool = False) -> Dataset:
+    """Load the data set a ``--data`` spec names; ``DataError`` if it cannot be used.
+    ``real_targets``: y holds real values, (N, ...) float arrays of an npz archive (``--task regress``)."""
     text = spec.strip()
+    if real_targets and not text.startswith("npz:"):
+        raise DataError(f"--data {spec!r}: --task regress needs real-valued targets: an npz archive whose "
+                        "y_train / y_test hold them")
     if text == "digits":
         return _load_digits(spec)
     kind, sep, arg = text.partition(":")
@@ -87,7 +91,7 @@ def load_dataset(spec: str) -> Dataset:
         path = Path(arg.strip()).expanduser()
         if kind == "mnist":
             return _load_mnist(spec, path)
-        return _load_npz(spec, path)
+        return _load_npz(spec, path, real_targets)
     raise DataError(f"--data {spec!r}: unknown data spec ({_SPEC_HELP})")
 
 
@@ -254,7 +258,7 @@ def _read_idx_labels(spec: str, path: Path, count: int, images: Path) -> np.ndar
     return labels
 
 
-def _load_npz(spec: str, path: Path) -> Dataset:
+def _load_npz(spec: str, path: Path, real_targets: bool = False) -> Dataset:
     if not path.is_file():
         raise DataError(f"--data {spec!r}: {path} not found")
     try:
@@ -282,14 +286,18 @@ def _load_npz(spec: str, path: Path) -> Dataset:
             raise DataError(f"--data {spec!r}: {path}: x_{part} and y_{part} must hold numbers")
         if x.ndim < 2:
             raise DataError(f"--data {spec!r}: {path}: x_{part} must have shape (N, ...), got {_fmt_shape(x.shape)}")
-        if y.ndim != 1 or len(y) != len(x):
+        if (y.ndim != 1 and not real_targets) or y.ndim == 0 or len(y) != len(x):
             raise DataError(
-                f"--data {spec!r}: {path}: y_{part} must have shape ({len(x)},) to match x_{part}, got {_fmt_shape(y.shape)}"
+                f"--data {spec!r}: {path}: y_{part} must have shape ({len(x)},{' ...' if real_targets else ''}) to "
+                f"match x_{part}, got {_fmt_shape(y.shape)}" + ("" if real_targets else
+                                                                  " (real-valued targets: --task regress)")
             )
-        if y.size and (not np.all(np.isfinite(y)) or np.any(y < 0) or np.any(y != np.round(y))):
+        if real_targets and not np.all(np.isfinite(y)):
+            raise DataError(f"--data {spec!r}: {path}: y_{part} holds NaN or infinite targets")
+        if not real_targets and y.size and (not np.all(np.isfinite(y)) or np.any(y < 0) or np.any(y != np.round(y))):
             raise DataError(f"--data {spec!r}: {path}: y_{part} must hold non-negative integer class labels")
         out[f"x_{part}"] = x.astype(np.float32)
-        out[f"y_{part}"] = y.astype(np.int64)
+        out[f"y_{part}"] = y.astype(np.float32 if real_targets else np.int64)
     if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
         raise DataError(
             f"--data {spec!r}: {path}: x_train samples {_fmt_shape(out['x_train'].shape[1:])} "

@@ -161,7 +161,8 @@ class FinetuneOptions:
 class FinetuneResult:
     network: Network                   # the trained sharpenable network (sharpness as reached)
     history: list[dict] = field(default_factory=list)
-    keras_spiking_predictions: np.ndarray | None = None   # Keras at sharpness 1 on the evaluation inputs
+    # Keras at sharpness 1 on the evaluation inputs: the classes (the outputs, for a regression network)
+    keras_spiking_predictions: np.ndarray | None = None
     reached_full_sharpness: bool = True
     options: FinetuneOptions | None = None   # as used (shift, epochs and patience decided)
     validation: dict | None = None     # samples held out, the epoch kept and its score; None without
@@ -185,7 +186,7 @@ def validation_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.nd
 def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
              y_eval: np.ndarray, options: FinetuneOptions, *, progress: bool = False,
              teacher: Callable[[np.ndarray], np.ndarray] | None = None,
-             readout: Dense | None = None) -> FinetuneResult:
+             readout: Dense | None = None, regression: bool = False) -> FinetuneResult:
     """Train ``network`` (sharpenable) on the training data while it is sharpened; ``teacher``
     gives the original model's logits for a batch of inputs (used with ``options.distillation``).
 
@@ -197,16 +198,28 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
     NHotDecode), the float readout Dense that could replace that stage. Both output
     stages are then trained side by side on the same hidden layers (the sum of their
     losses), each scored on the held-out data after every epoch, and the one that
-    scored best replaces the other (``FinetuneResult.output``)."""
+    scored best replaces the other (``FinetuneResult.output``).
+
+    ``regression``: the targets are real values shaped like the output (tasks.py); the loss
+    and the validation score are the mean squared error, and the images are not shifted
+    (a shift would move the input away from its target)."""
     options.validate()
+    if regression and (readout is not None or options.distillation):
+        raise ValueError("a regression network has one real-valued output stage and no class probabilities")
+    if regression and options.shift:
+        raise InputError(f"--shift {options.shift}: moves the inputs but not the real-valued targets")
     if options.distillation and teacher is None:
         raise ValueError("distillation needs the original model as teacher")
     if readout is not None and (options.validation <= 0 or not isinstance(network.layers[-1], NHotDecode)):
         raise ValueError("choosing the output stage needs held-out data and an N-hot output stage")
-    fit_rows, validation_rows = validation_split(y_train, options.validation, options.seed)
+    # (Regression targets are one stratum.)
+    fit_rows, validation_rows = validation_split(np.zeros(len(y_train)) if regression else y_train,
+                                                 options.validation, options.seed)
     x_fit, y_fit = x_train[fit_rows], y_train[fit_rows]
     spiking_count = sum(isinstance(layer, Sharpenable) for layer in network.layers)
     options = options.resolved(x_train.shape[1:], len(x_fit), spiking_count)
+    if regression:
+        options = replace(options, shift=0)
     import keras
     import tensorflow as tf
 
@@ -233,7 +246,7 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
                                       cz_rate=len(layers) / sharpening_epochs / 2, patience=1)
     readout_layer = None if readout is None else readout_head(built, trained.layers[-3], readout)
     model, heads = training_model(model, options.code_temperature, readout_layer)
-    objectives = [objective(options) for _ in heads]
+    objectives = [objective(options, regression) for _ in heads]
     loss, metrics = [loss for loss, _ in objectives], [[metric] for _, metric in objectives]
     data = training_data(x_fit, y_fit, options, teacher if options.distillation else None, len(heads))
     # Cosine decay over the whole run: sharpening ends with small steps, and the
@@ -243,7 +256,7 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
     optimizer = keras.optimizers.get({"class_name": options.optimizer, "config": {"learning_rate": schedule}})
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     monitor = epoch_monitor(heads, layers, (x_train[validation_rows], y_train[validation_rows]),
-                       (x_eval, y_eval), progress, options)
+                       (x_eval, y_eval), progress, options, regression)
     budget = options.epochs * (3 if options.sharpener == "adaptive" else 1)
     model.fit(**data, epochs=budget, verbose=0, callbacks=[sharpener, monitor])
     reached = all(layer.get_sharpness() >= 1.0 for layer in layers)
@@ -268,7 +281,9 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
         built.layer_names[id(readout)] = readout_layer.name
         built.model = keras.Model(built.model.inputs, readout_layer.output)
     write_back(trained, built)
-    predictions = built.model.predict(x_eval, batch_size=1024, verbose=0).argmax(1)
+    predictions = built.model.predict(x_eval, batch_size=1024, verbose=0)
+    if not regression:
+        predictions = predictions.argmax(1)
     return FinetuneResult(trained, monitor.history, predictions, reached, options, monitor.summary(), output)
 
 

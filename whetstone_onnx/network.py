@@ -165,7 +165,7 @@ class LinearLayer(Layer):
             post = planner.add_population(following.name, "spiking", out_shape, position,
                                           threshold=threshold.astype(np.float32).reshape(-1))
             planner.absorb(position)
-        elif self.kind == "dense" and index == len(network.layers) - 1:
+        elif self.kind == "dense" and index == network.readout_index():
             post = planner.add_population(self.name, "readout", out_shape, index, bias=self.bias)
         else:
             what = "nothing" if index == len(network.layers) - 1 else \
@@ -228,6 +228,9 @@ class Network:
     output_name: str
     layers: list[Layer] = field(default_factory=list)
     num_classes: int | None = None
+    # The output is real values read out of the last weight layer (tasks.py: reconstruct, regress),
+    # not class scores: the netlists pass it on as values instead of decoding a class.
+    regression: bool = False
     # The inputs of the layers that do not read just the layer before them (a graph network's
     # branches and merges): layer name -> the names of the layers, or of the network input, whose
     # outputs it reads, in order. A sequential network has none; the last layer is the output.
@@ -254,6 +257,14 @@ class Network:
         """The indices of the layers that read layer ``index`` (-1: the network input)."""
         name = self.layers[index].name if index >= 0 else self.input_name
         return [i for i in range(max(index + 1, 0), len(self.layers)) if name in self.sources(i)]
+
+    def readout_index(self) -> int:
+        """The index of the layer the output is read out of: the last one, or in a regression network
+        the last before its readout tail (the output activation and reshapes the host applies)."""
+        index = len(self.layers) - 1
+        while self.regression and index > 0 and self.layers[index].kind in ("activation", "reshape"):
+            index -= 1
+        return index
 
     def only_reader(self, index: int) -> int | None:
         """The one layer that reads layer ``index``, if no other layer does (nor the output)."""

@@ -15,6 +15,7 @@ from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
 from .ops.decode import NHotDecode
 from .spiking_onnx import DOMAIN, DOMAIN_VERSION
+from .tasks import error_guard
 
 SCHEMA = "whetstone_onnx.report"
 # 1.1: equivalence.sharpenable.sharpness is per layer (a Whetstone Keras export starts sharpened).
@@ -22,7 +23,9 @@ SCHEMA = "whetstone_onnx.report"
 # 1.3: output_stage (requested, written, chosen on validation); options.output may be "auto";
 #      finetune.validation.output (each output stage's best validated accuracy).
 # 1.4: passes.approximated_activations (the units that only approximate their activation).
-SCHEMA_VERSION = "1.4"
+# 1.5: task; metrics and error_guard (reconstruct, regress: accuracy and accuracy_guard are null);
+#      equivalence.*.output (real-valued outputs compared); netlist.explicit.metrics.
+SCHEMA_VERSION = "1.5"
 # Points of accuracy the spiking network may lose against the original before convert
 # fails (exit 1) unless the loss is accepted.
 DEFAULT_MAX_LOSS = 2.0
@@ -51,9 +54,11 @@ def conversion_report(c) -> dict:
                   "ir_version": c.loaded.original_ir_version,
                   "input": {"name": network.input_name, "shape": list(network.input_shape)},
                   "output": {"name": network.output_name, "classes": c.sharpenable.num_classes,
+                             "shape": list(network.shapes()[-1]),
                              "removed_normaliser": c.normaliser}},
         "output_opset": {"ai.onnx": PINNED_OPSET, DOMAIN: DOMAIN_VERSION, "ir_version": PINNED_IR_VERSION},
-        "options": {"data": c.dataset.spec if c.dataset else None,
+        "task": options.task,
+        "options": {"data": c.dataset.spec if c.dataset else None, "task": options.task, "levels": options.levels,
                     "normalize": list(options.normalize) if options.normalize else None,
                     "output": output, "key_width": options.key_width, "seed": options.seed},
         "passes": {"onnx": c.onnx_counts, "network": c.network_counts, "approximated_activations": c.approximated},
@@ -64,11 +69,15 @@ def conversion_report(c) -> dict:
         "data": None if c.dataset is None else {"spec": c.dataset.spec, "train_samples": len(c.dataset.y_train),
                                                 "test_samples": len(c.dataset.y_test)},
         "accuracy": c.accuracy,
+        "metrics": c.metrics,
         "output_stage": {"requested": output, "chosen_on_validation": c.tuned is not None and c.readout is not None
                          and bool(c.tuned.validation),
                          "written": "nhot" if isinstance(c.trained.layers[-1], NHotDecode) else "readout"},
         "accuracy_guard": None if c.accuracy is None else accuracy_guard(c.accuracy, options.max_loss,
                                                                          options.accept_loss),
+        "error_guard": None if c.metrics is None else error_guard(
+            {name: values["mse"] for name, values in c.metrics.items()}, options.max_error_ratio,
+            options.accept_loss),
         "equivalence": {
             "float": asdict(c.float_check),
             "sharpenable": {"samples": len(c.test), "sharpness": c.start_sharpness,
@@ -115,17 +124,33 @@ def accuracy_guard(accuracy: dict, max_loss: float, accepted: bool) -> dict:
             "accepted": accepted}
 
 
-def guard_message(source: str, guard: dict) -> str:
-    """The one-line error of a conversion that lost more accuracy than allowed."""
+def loss_guard(report: dict) -> dict | None:
+    """The report's verdict on what the spiking network lost: the accuracy guard of a classifier,
+    the error guard of a regression network; None without data."""
+    return report.get("accuracy_guard") or report.get("error_guard")
+
+
+def guard_message(source: str, report: dict) -> str:
+    """The one-line error of a conversion that lost more than allowed."""
+    guard = loss_guard(report)
+    if "mse_ratio" in guard:
+        ratio = "an unbounded" if guard["mse_ratio"] is None else f"{guard['mse_ratio']:.2f}"
+        return (f"{source}: the spiking network's mean squared error is {ratio} times the original's, more than "
+                f"the {guard['max_mse_ratio']:g} allowed")
     return (f"{source}: the spiking network loses {guard['loss_points']:.2f} points of accuracy, more than the "
             f"{guard['max_loss_points']:g} allowed")
 
 
 def accuracy_warning(report: dict) -> str | None:
-    """One loud line when the spiking network lost more accuracy than allowed, else None."""
-    guard = report.get("accuracy_guard")
+    """One loud line when the spiking network lost more than allowed, else None."""
+    guard = loss_guard(report)
     if guard is None or guard["passed"]:
         return None
+    if "mse_ratio" in guard:
+        mse = report["metrics"]
+        return (f"WARNING: the spiking network's MSE is {mse['spiking']['mse']:.5g} against the original's "
+                f"{mse['original']['mse']:.5g} (more than {guard['max_mse_ratio']:g} times it)"
+                + (", accepted" if guard["accepted"] else ""))
     accuracy = report["accuracy"]
     return (f"WARNING: the spiking network scores {100 * accuracy['spiking']:.2f} %, {guard['loss_points']:.2f} "
             f"points below the original's {100 * accuracy['original']:.2f} % (more than the "
@@ -135,26 +160,35 @@ def accuracy_warning(report: dict) -> str | None:
 def accuracy_table(report: dict) -> str:
     """The human-readable summary the CLI prints."""
     accuracy = report.get("accuracy") or {}
+    metrics = report.get("metrics") or {}
+    regression = report.get("task", "classify") != "classify"
     equivalence = report["equivalence"]
-    rows = [("graph", "accuracy", "note")]
+    psnr = any("psnr_db" in values for values in metrics.values())
+    rows = [("graph", "MSE", *(("PSNR",) if psnr else ()), "note") if regression else ("graph", "accuracy", "note")]
     finetune = report["finetune"]
     levels = sorted(set(equivalence["sharpenable"]["sharpness"])) or [0.0]    # the layers' before training
     start_sharpness = f"{levels[0]:g}" if len(levels) == 1 else f"{levels[0]:g} to {levels[-1]:g}"
     notes = {
         "original": "the model as given",
         "float": f"canonical float graph, max rel. diff {equivalence['float']['relative_diff']:.1e}",
-        "sharpenable_start": f"sharpness {start_sharpness} before training, "
-                             f"{100 * equivalence['sharpenable']['class_agreement']:.1f} % same class as original",
+        "sharpenable_start": f"sharpness {start_sharpness} before training" + ("" if regression else
+                             f", {100 * equivalence['sharpenable']['class_agreement']:.1f} % same class as original"),
         "sharpenable": "as written, after fine-tuning" if finetune["performed"]
                        else f"as written (sharpness {start_sharpness})",
         "spiking": "all layers binary spikes" + ("" if finetune["performed"] else ", sharpened at once"),
     }
     for key, note in notes.items():
-        value = accuracy.get(key)
-        rows.append((key, "-" if value is None else f"{100 * value:.2f} %", note))
+        if regression:
+            values = metrics.get(key)
+            cells = ("-",) * len(rows[0][1:-1]) if values is None else (f"{values['mse']:.5g}",) + (
+                (f"{values['psnr_db']:.2f} dB",) if psnr else ())
+            rows.append((key, *cells, note))
+        else:
+            value = accuracy.get(key)
+            rows.append((key, "-" if value is None else f"{100 * value:.2f} %", note))
     if not finetune["performed"]:
         rows.pop(3)      # sharpenable as written is the graph before training
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     spikes = equivalence["spiking"]
@@ -164,20 +198,22 @@ def accuracy_table(report: dict) -> str:
     approximated = report["passes"].get("approximated_activations")
     if approximated:
         kinds = ", ".join(f"{n} {op}" for op, n in Counter(entry["op_type"] for entry in approximated).items())
-        agreement = 100 * equivalence["sharpenable"]["class_agreement"]
         then = "fine-tuning trained on from there" if finetune["performed"] else "fine-tuning can win back the rest"
-        lines.append(f"approximated activations: {kinds} (at sharpness 0 the network predicts the original's class "
-                     f"on {agreement:.1f} % of inputs; {then})")
+        cost = "sharpenable_start's MSE above" if regression else \
+            f"the network predicts the original's class on {100 * equivalence['sharpenable']['class_agreement']:.1f} " \
+            "% of inputs"
+        lines.append(f"approximated activations: {kinds} (at sharpness 0 {cost}; {then})")
     verdict = "agree" if spikes["passed"] else "DISAGREE"
     lines.append(f"spikes vs NumPy reference on {spikes['samples']} inputs: {verdict} "
                  f"({spikes['unexplained']} unexplained mismatches, {ties} threshold ties, "
-                 f"{near} potentials within {spikes['tie_margin']:.0e} of a threshold)")
+                 f"{near} potentials within {spikes['tie_margin']:.0e} of a threshold" + _output_note(spikes) + ")")
     for name, label in (("nir", "model.nir"), ("netlist", "explicit netlist")):
         result = equivalence.get(name)
         if result is not None:
             ties = sum(layer["ties"] for layer in result["layers"])
             lines.append(f"spiking.onnx vs {label}: {'agree' if result['passed'] else 'DISAGREE'} "
-                         f"({result['unexplained']} unexplained differences, {ties} threshold ties)")
+                         f"({result['unexplained']} unexplained differences, {ties} threshold ties"
+                         + _output_note(result) + ")")
     netlist = report.get("netlist")
     if netlist and "explicit" in netlist:
         stats = netlist["explicit"]["stats"]
@@ -186,10 +222,16 @@ def accuracy_table(report: dict) -> str:
                      f"{netlist['macs_per_inference']} MACs per inference")
     if finetune["performed"]:
         keras_check = finetune["keras_vs_spiking_onnx"]
-        lines.append(f"Keras at sharpness 1 vs spiking.onnx: {100 * keras_check['agreement']:.2f} % same class "
-                     f"on {keras_check['samples']} inputs; {len(finetune['history'])} epochs")
+        same = f"max |difference| {keras_check['max_abs_diff']:.2g}" if regression else \
+            f"{100 * keras_check['agreement']:.2f} % same class"
+        lines.append(f"Keras at sharpness 1 vs spiking.onnx: {same} on {keras_check['samples']} inputs; "
+                     f"{len(finetune['history'])} epochs")
         validation = finetune.get("validation")
-        if validation:
+        if validation and regression:
+            lines.append(f"kept epoch {validation['kept_epoch']} of {validation['epochs_run']}: spiking MSE "
+                         f"{validation['mse']:.5g} on {validation['samples']} held-out training samples"
+                         + (" (stopped early)" if validation["stopped_early"] else ""))
+        elif validation:
             best = validation.get("best_accuracy", validation["accuracy"])
             lines.append(f"kept epoch {validation['kept_epoch']} of {validation['epochs_run']}: "
                          f"{100 * validation['accuracy']:.2f} % spiking on {validation['samples']} held-out "
@@ -206,3 +248,12 @@ def accuracy_table(report: dict) -> str:
     if warning:
         lines.extend(["", warning])
     return "\n".join(lines)
+
+
+def _output_note(result: dict) -> str:
+    """A check's comparison of real-valued outputs, as the summary shows it ("" for spikes only)."""
+    output = result.get("output")
+    if not output:
+        return ""
+    return (f"; outputs within {output['relative_diff']:.1e} of each other (relative"
+            f"{'' if output['passed'] else ', over the tolerance'})")

@@ -54,12 +54,15 @@ def freeze_batchnorms(built, x: np.ndarray) -> None:
         batchnorm.frozen = True
 
 
-def objective(options):
-    """(loss, accuracy metric) for one output head: the labels' cross-entropy, or with
-    distillation the loss of distillation_loss on (label, teacher probabilities...) rows."""
+def objective(options, regression: bool = False):
+    """(loss, metric) for one output head: the labels' cross-entropy and the accuracy, or with
+    distillation the loss of distillation_loss on (label, teacher probabilities...) rows; for
+    real-valued targets the mean squared error."""
     import keras
     from keras import ops
 
+    if regression:
+        return keras.losses.MeanSquaredError(), keras.metrics.MeanSquaredError(name="mse")
     if not options.distillation:
         return (keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
@@ -198,15 +201,16 @@ def readout_head(built, code_dense, readout):
 
 
 def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.ndarray],
-             evaluation: tuple[np.ndarray, np.ndarray], progress: bool, options):
+                  evaluation: tuple[np.ndarray, np.ndarray], progress: bool, options, regression: bool = False):
     """A Keras callback that scores the spiking network (every layer at sharpness 1) after
     each epoch on the validation and evaluation inputs, once per output head (``heads``: the
     training model's outputs), keeps the weights of each head's best validated epoch (the
     earliest among equals), stops the straight-through phase after ``options.patience``
     epochs in which no head improved on its own best of that phase, records the history
     (loss, sharpness per layer, both accuracies) and shows progress on stderr: a bar on a
-    terminal, one line per epoch otherwise (logs and CI). Built here so that importing this
-    module needs no Keras."""
+    terminal, one line per epoch otherwise (logs and CI). ``regression``: the score is minus the
+    mean squared error and the strictly best epoch is kept (the metric is "mse" where it is
+    "accuracy" for a classifier). Built here so that importing this module needs no Keras."""
     import keras
 
     from .keras.sharpeners import at_full_sharpness
@@ -215,6 +219,11 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
     x_eval, y_eval = evaluation
     scored = np.concatenate([x_validation, x_eval])
     total_epochs = options.epochs + options.straight_through_epochs
+    metric = "mse" if regression else "accuracy"
+    sign = -1.0 if regression else 1.0           # the metric from a score's first value, and back
+
+    def shown(value: float) -> str:
+        return f"{value:.5f}" if regression else f"{100 * value:.2f} %"
 
     class Monitor(keras.callbacks.Callback):
         def __init__(self):
@@ -248,6 +257,12 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
             scores = {}
             for head, logits in zip(heads, outputs if len(heads) > 1 else [outputs]):
                 logits = logits.astype(np.float64)
+                if regression:
+                    errors = np.mean((logits.reshape(len(logits), -1)
+                                      - np.concatenate([y_validation, y_eval]).reshape(len(logits), -1)) ** 2, axis=1)
+                    scores[head] = ((-float(np.mean(errors[:len(y_validation)])),) if len(y_validation) else None,
+                                    float(np.mean(errors[len(y_validation):])))
+                    continue
                 classes = logits.argmax(1)
                 evaluation_accuracy = float(np.mean(classes[len(y_validation):] == y_eval))
                 if not len(y_validation):
@@ -274,12 +289,13 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
             per_head = {}
             for head, (validation, evaluation_accuracy) in scores.items():
                 # Keras names a model's metrics after its outputs when it has several.
-                metric = "accuracy" if len(heads) == 1 else f"{self.model.output_names[heads.index(head)]}_accuracy"
+                logged = metric if len(heads) == 1 else f"{self.model.output_names[heads.index(head)]}_{metric}"
                 per_head[head] = {
-                    "train_accuracy": round(float(logs[metric]), 6),
-                    "validation_accuracy": None if validation is None else round(validation[0], 6),
-                    "validation_loss": None if validation is None else round(-validation[1], 6),
-                    "spiking_accuracy": round(evaluation_accuracy, 6)}
+                    f"train_{metric}": round(float(logs[logged]), 6),
+                    f"validation_{metric}": None if validation is None else round(sign * validation[0], 6),
+                    f"spiking_{metric}": round(evaluation_accuracy, 6)}
+                if not regression:
+                    per_head[head]["validation_loss"] = None if validation is None else round(-validation[1], 6)
             row.update(per_head[heads[0]])
             if len(heads) > 1:
                 row["heads"] = per_head
@@ -292,9 +308,10 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
                     self.stopped_early = epoch + 1 < self.params["epochs"]
             status = f"loss {row['loss']:.4f}  sharpness [{' '.join(f'{v:.2f}' for v in sharpness)}]  " + "  ".join(
                 ("" if len(heads) == 1 else f"{head}: ")
-                + ("" if values["validation_accuracy"] is None else
-                   f"validation {100 * values['validation_accuracy']:.2f} %  ")
-                + f"spiking acc {100 * values['spiking_accuracy']:.2f} %" for head, values in per_head.items())
+                + ("" if values[f"validation_{metric}"] is None else
+                   f"validation {shown(values[f'validation_{metric}'])}  ")
+                + f"spiking {'MSE' if regression else 'acc'} {shown(values[f'spiking_{metric}'])}"
+                for head, values in per_head.items())
             if self.bar is not None:
                 self.bar.update(self.task, advance=1, description=status)
             elif progress:
@@ -312,8 +329,8 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
             if validation is None:
                 return False
             best = self.best.get(head)
-            if best is None or validation > best[0] or \
-                    validation[0] >= best[0][0] - validation_tolerance(best[0][0], len(y_validation)):
+            tolerance = 0.0 if regression or best is None else validation_tolerance(best[0][0], len(y_validation))
+            if best is None or validation > best[0] or validation[0] >= best[0][0] - tolerance:
                 self.best[head] = (max(validation, best[0]) if best else validation, epoch)
                 self.best_weights[head] = [np.array(w) for w in self.model.get_weights()]
                 self.kept[head] = validation
@@ -343,8 +360,8 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
                 return None
             best, epoch = self.best[self.chosen]
             summary = {"samples": len(y_validation), "share": options.validation, "kept_epoch": epoch,
-                       "accuracy": round(self.kept[self.chosen][0], 6), "best_accuracy": round(best[0], 6),
-                       "tolerance": round(validation_tolerance(best[0], len(y_validation)), 6),
+                       metric: round(sign * self.kept[self.chosen][0], 6), f"best_{metric}": round(sign * best[0], 6),
+                       "tolerance": 0.0 if regression else round(validation_tolerance(best[0], len(y_validation)), 6),
                        "epochs_run": len(self.history), "stopped_early": self.stopped_early}
             if len(heads) > 1:
                 summary["output"] = {"chosen": self.chosen, **{

@@ -233,7 +233,11 @@ def plan_netlist(network: Network) -> Plan:
     if ids.size != source.count or not np.array_equal(np.sort(ids.reshape(-1)),
                                                       np.arange(source.first_id, source.first_id + source.count)):
         raise UnsupportedModelError("the network's output is not one whole population")
-    if decode["kind"] == "argmax":
+    if network.regression:
+        decode = {**decode, "kind": "values", "shape": [int(d) for d in ids.shape]}
+        decode["rule"] = "output = the readout population's values" + (
+            ", through the activation named here" if "activation" in decode else "") + ", in this shape"
+    elif decode["kind"] == "argmax":
         decode["rule"] = ("class = argmax of the readout potentials" if source.kind == "readout"
                           else "class = argmax of the output population's values, ties to the lowest")
     decode = {"population": source.name, **decode}

@@ -23,7 +23,10 @@ as SumPool2d followed by a unit firing on a sum > 0.5 (exact). The N-hot key goe
 into the graph metadata so a reader can decode the output spikes. A network that
 starts with a layout change (a Keras image model's NHWC -> NCHW Transpose) has
 none of its own in NIR: the metadata's ``input_transpose`` gives the axis order a
-reader applies to inputs in the model's layout (ops/shape.py).
+reader applies to inputs in the model's layout (ops/shape.py). A regression network's
+output (network.regression) is its readout's real values: what the model computes after
+the readout (an output activation, a reshape to an image) has no NIR node; the metadata's
+``readout_activation`` and ``output_reshape`` say what the host applies.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, UnsupportedModelError
 from ..network import Network
 
 PROFILES = ("semantic", "portable", "cuba")
@@ -51,13 +54,23 @@ class NirBuilder:
     metadata: dict = field(default_factory=dict)
     last: str | list[str] = "input"              # the node(s) whose summed output is the current tensor
     input_shape: tuple[int, ...] | None = None     # the Input node's shape, when a layer reshapes the input
+    host_side: str | None = None                   # the first layer the host applies to the output (after_output)
 
     def add(self, name: str, node) -> str:
+        if self.host_side is not None:
+            raise UnsupportedModelError(f"layer '{name}': NIR has no node for '{self.host_side}', which only the "
+                                        "end of the network may hold (the host applies it to the output)")
         name = self._unique(name.replace("/", "_").replace(".", "_"))
         self.nodes[name] = node
         self.edges += [(source, name) for source in ([self.last] if isinstance(self.last, str) else self.last)]
         self.last = name
         return name
+
+    def after_output(self, layer: str, key: str, value) -> None:
+        """A layer with no NIR node that the host applies to the output (a regression readout's
+        activation or reshape), recorded as ``metadata[key]``; no node may follow it."""
+        self.metadata[key] = value
+        self.host_side = self.host_side or layer
 
     def channel_map(self, name: str, source: str | list[str], weight: np.ndarray, shape: tuple[int, ...]) -> str:
         """A node mapping the channels of the tensor ``source`` (per-sample ``shape``) by ``weight``
@@ -140,6 +153,9 @@ def to_nir(network: Network, *, profile: str = "portable", dt: float = DEFAULT_D
             shape = layer.to_nir(builder, shape) or layer.output_shape(shape)
         return builder.last, tuple(shape)
 
+    if network.regression:
+        builder.metadata["output"] = ("real values of the readout, then readout_activation and output_reshape "
+                                      "where given, applied by the host")
     builder.last, shape = network.walk(add, ("input", tuple(network.input_shape)))[0]
     input_shape = builder.input_shape or network.input_shape
     nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)}),

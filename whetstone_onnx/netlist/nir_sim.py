@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from ..ops.activation import Activation
 from ..ops.conv import Conv2d
 from ..ops.pool import AvgPool2d, Pool2d
 
@@ -42,7 +43,7 @@ def simulate(graph, x: np.ndarray, dt: float | None = None, *, forced: dict[str,
                 h = h.transpose(0, *(p + 1 for p in graph.metadata["input_transpose"]["perm"]))
             h = h.reshape(len(h), *np.asarray(node.input_type["input"]).tolist())
         elif isinstance(node, nir.Output):
-            pass
+            h = _host_side(graph.metadata, h)
         elif isinstance(node, nir.Affine):
             h = h.reshape(len(h), -1) @ node.weight.astype(np.float32).T + node.bias.astype(np.float32)
         elif isinstance(node, nir.Conv2d):
@@ -80,6 +81,17 @@ def simulate(graph, x: np.ndarray, dt: float | None = None, *, forced: dict[str,
         values[name] = read[name] = h
         if forced is not None and name in forced:
             read[name] = np.asarray(forced[name], np.float32).reshape(h.shape)
+    return values
+
+
+def _host_side(metadata: dict, values: np.ndarray) -> np.ndarray:
+    """A regression readout's values as the model outputs them: through the activation and the
+    reshape the metadata names (nir_export.py), both applied by the host."""
+    if "readout_activation" in metadata:
+        values = Activation.from_readout_function(metadata["readout_activation"]).forward(
+            values.astype(np.float64)).astype(np.float32)
+    if "output_reshape" in metadata:
+        values = values.reshape(len(values), *metadata["output_reshape"])
     return values
 
 

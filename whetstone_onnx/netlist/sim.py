@@ -50,6 +50,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..errors import InputError
+from ..ops.activation import Activation
 from ..spiking_onnx import nhot_scores
 from .sim_compile import Step, compile_netlist
 from .sim_ops import Scratch, to_travel
@@ -62,10 +63,11 @@ CHUNK_BYTES = 1 << 21           # float32 potentials of one batch chunk's larges
 class SimResult:
     outputs: dict[str, np.ndarray]          # population -> (batch, *shape): spikes (bool), or real values (float64)
     potentials: dict[str, np.ndarray]       # with keep_potentials: population -> (batch, count) float64
-    classes: np.ndarray                     # (batch,) decoded class
+    classes: np.ndarray | None              # (batch,) decoded class; None for real-valued outputs
     synops: float                           # synaptic events per inference (batch mean)
     spike_rate: dict[str, float]            # spiking / or population -> mean fraction firing
     near_threshold: dict[str, int] = field(default_factory=dict)   # population -> potentials within tolerance
+    values: np.ndarray | None = None        # real-valued outputs (decode "values"), as the model outputs them
 
 
 # ---------------------------------------------------------------- run
@@ -115,11 +117,17 @@ def simulate_netlist(netlist, x: np.ndarray, *, batch: int | None = None, steps:
              for s in steps if s.threshold is not None}
     final = outputs[output_name].reshape(len(flat), netlist.population(output_name)["count"])
     decode = header["output"]["decode"]
-    if decode["kind"] == "nhot":
+    values = None
+    if decode["kind"] == "values":
+        classes, values = None, final.astype(np.float64)
+        if "activation" in decode:
+            values = Activation.from_readout_function(decode["activation"]).forward(values)
+        values = values.reshape(len(flat), *decode["shape"])
+    elif decode["kind"] == "nhot":
         classes = np.argmax(nhot_scores(final, decode["key"]), axis=1)
     else:
         classes = np.argmax(final, axis=1)
-    return SimResult(outputs, potentials, classes, run.synops / max(1, len(flat)), rates, run.near)
+    return SimResult(outputs, potentials, classes, run.synops / max(1, len(flat)), rates, run.near, values)
 
 
 def _synops(x: np.ndarray, fan_out: np.ndarray) -> float:

@@ -16,14 +16,19 @@ copies keep 89.8-92.0 % of the 96-99 % float accuracy, staggered thresholds
 
 Readout: the last Dense layer stays non-spiking; the class is the argmax of
 its potential.
+
+Regression (reconstruct, regress: tasks.py): the last weight layer is a real-valued
+readout, and what the model computes after it (its output activation, such as a
+sigmoid, and output reshapes) is its readout tail: kept as the model has it, out of
+the passes' reach (an output sigmoid must not become a spiking unit).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from ..network import Network
-from ..ops.activation import Sharpenable
+from ..network import Layer, LinearLayer, Network
+from ..ops.activation import Activation, Sharpenable
 from ..ops.conv import Conv2d
 from ..ops.decode import NHotDecode
 from ..spiking_onnx import nhot_key
@@ -67,6 +72,34 @@ def conv_head_to_dense(network: Network) -> int:
     layers[-2:] = [flatten,
                    Dense(conv.name, conv.weight[:, :, 0, 0].copy(), None if conv.bias is None else conv.bias.copy())]
     return 1
+
+
+def split_readout_tail(network: Network) -> list[Layer]:
+    """Remove and return the readout tail of a regression network: the reshapes and the one float
+    activation after its last weight layer (``UnsupportedModelError`` when that layer is not a
+    weight layer read by the tail alone)."""
+    layers, tail = network.layers, []
+    while layers and layers[-1].name not in network.links and (
+            isinstance(layers[-1], Reshape) or (isinstance(layers[-1], Activation)
+                                                and not any(isinstance(t, Activation) for t in tail))):
+        tail.insert(0, layers.pop())
+    readout = layers[-1] if layers else None
+    if not isinstance(readout, LinearLayer) or (tail and network.consumers(len(layers) - 1)):
+        layers.extend(tail)
+        found = f"'{readout.name}' ({readout.kind})" if readout is not None else "nothing"
+        raise UnsupportedModelError(f"the output must be read out of a Dense (Gemm/MatMul) or Conv layer, "
+                                    f"optionally through one activation and reshapes; found {found} before "
+                                    f"{'them' if tail else 'the output'}")
+    return tail
+
+
+def make_regression_output(network: Network, tail: list[Layer]) -> int:
+    """The real-valued output stage: the last weight layer stays a float readout and its tail
+    (see split_readout_tail) is put back after it. Returns the layers put back."""
+    network.layers.extend(tail)
+    network.regression = True
+    network.num_classes = None
+    return len(tail)
 
 
 def make_output_stage(network: Network, mode: str, logits: np.ndarray, *, key_width: int | None = None,

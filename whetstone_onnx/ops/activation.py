@@ -69,6 +69,9 @@ FLOAT_FUNCTIONS = {
 POINTWISE_FUNCTIONS = ("Relu", "Sigmoid", "Tanh", "Softplus", "HardSwish", "Mish", "Gelu", "GeluTanh", "Silu")
 # Those with no opset-18 op: recognised into project-domain nodes of these names.
 FORMULA_ONLY = ("Gelu", "GeluTanh", "Silu")
+# Keras' own activations computing the same function (a regression readout's keeps its own).
+KERAS_ACTIVATIONS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus": "softplus", "Silu": "silu",
+                     "HardSwish": "hard_swish", "Mish": "mish"}
 # ONNX's default attributes (Selu's are float32 roundings of the paper's constants).
 SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
 
@@ -125,15 +128,39 @@ class Activation(Layer):
             gate = step("Mul", [step("Add", [gate, const("one", 1.0)], "plus1"), const("half", 0.5)], "gate")
         return builder.node("Mul", [x, gate], self.name, name=self.name)
 
+    def readout_function(self) -> dict:
+        """This activation as the netlists' metadata names it, when the host applies it to a
+        regression network's readout: its op type and attributes (PRelu: its slope)."""
+        extra = {} if self.slope is None else {"slope": self.slope.tolist()}
+        return {"op_type": self.op_type, **self.params, **extra}
+
+    @classmethod
+    def from_readout_function(cls, function: dict) -> "Activation":
+        """The activation a netlist's metadata names (see ``readout_function``)."""
+        params = {k: v for k, v in function.items() if k not in ("op_type", "slope")}
+        slope = np.asarray(function["slope"], np.float32) if "slope" in function else None
+        return cls("readout_activation", function["op_type"], params, slope)
+
+    def to_nir(self, builder, input_shape) -> None:
+        """No NIR node: the host applies a regression readout's activation, named in the metadata."""
+        builder.after_output(self.name, "readout_activation", self.readout_function())
+
+    def to_netlist(self, planner, index: int) -> None:
+        """No neurons: the header's output decoding names the function the host applies."""
+        if not planner.network.regression or planner.source_kind != "readout":
+            raise UnsupportedModelError(f"layer '{self.name}' ({self.op_type}): only a regression network's "
+                                        "readout may end with a float activation")
+        planner.decode = {"kind": "values", "activation": self.readout_function()}
+
     def to_keras(self, builder) -> None:
         import keras
         name = builder.name(self.name)
-        if self.op_type == "Relu":
+        if self.op_type in KERAS_ACTIVATIONS:
+            builder.apply(keras.layers.Activation(KERAS_ACTIVATIONS[self.op_type], name=name))
+        elif self.op_type == "Relu":
             builder.apply(keras.layers.ReLU(name=name))
         elif self.op_type == "Clip":
             builder.apply(keras.layers.ReLU(max_value=self.params["max"], name=name))
-        elif self.op_type == "Sigmoid":
-            builder.apply(keras.layers.Activation("sigmoid", name=name))
         elif self.op_type == "HardSigmoid":
             builder.apply(keras.layers.Rescaling(self.params["alpha"], self.params["beta"],
                                                  name=builder.name(f"{self.name}_affine")))

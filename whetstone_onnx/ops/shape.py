@@ -38,7 +38,9 @@ class Reshape(Layer):
             builder.metadata["input_reshape"] = {"from": list(input_shape), "to": list(self.shape)}
             return None
         if len(self.shape) != 1:
-            raise UnsupportedModelError(f"layer '{self.name}': NIR has Flatten only, not a reshape to {self.shape}")
+            # NIR has Flatten only: a reshape of the output (an image out of a regression readout) is the host's.
+            builder.after_output(self.name, "output_reshape", list(self.shape))
+            return tuple(input_shape)
         # NIR shapes carry no batch axis: flatten the whole per-sample tensor.
         builder.add(self.name, nir.Flatten(input_type={"input": np.array(input_shape)}, start_dim=0, end_dim=-1))
 

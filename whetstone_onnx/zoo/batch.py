@@ -174,15 +174,17 @@ def summary_markdown(summary: dict) -> str:
     lines = [f"# Zoo conversion: {summary['manifest']}", "",
              f"{summary['total']} models: {counts}; {summary['resumed']} reused by --resume; "
              f"{summary['wall_time_s']:.1f} s on {summary['jobs']} job(s), {summary['executor']} executor.", "",
-             "| model | status | spiking acc. | checks | neurons | synapses | time (s) | error |",
+             "| model | status | spiking acc. (MSE) | checks | neurons | synapses | time (s) | error |",
              "|---|---|---|---|---|---|---|---|"]
     for record in summary["models"]:
         accuracy = (record["accuracy"] or {}).get("spiking")
+        mse = ((record.get("metrics") or {}).get("spiking") or {}).get("mse")
+        score = f"{100 * accuracy:.2f} %" if accuracy is not None else "-" if mse is None else f"MSE {mse:.5g}"
         netlist = record["netlist"] or {}
         checks = "-" if record["passed"] is None else ("pass" if record["passed"] else "FAIL")
         time_text = "resumed" if record["resumed"] else f"{record['timings_s']['wall']:.1f}"
         error = (record["error"] or "").replace("|", "\\|")
-        cells = [record["name"], record["status"], "-" if accuracy is None else f"{100 * accuracy:.2f} %", checks,
+        cells = [record["name"], record["status"], score, checks,
                  str(netlist.get("neurons", "-")), str(netlist.get("synapses", "-")), time_text, error]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

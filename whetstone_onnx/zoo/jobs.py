@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = "whetstone_onnx.zoo_summary"
 # 1.1: the status accuracy_loss (and its count).
-SUMMARY_SCHEMA_VERSION = "1.2"   # 1.2: the out_of_memory status
+# 1.2: the out_of_memory status. 1.3: each model's task and metrics (reconstruct, regress).
+SUMMARY_SCHEMA_VERSION = "1.3"
 MODEL_RECORD_SCHEMA = "whetstone_onnx.zoo_model"
 MODEL_RECORD_FILE = "zoo.json"      # in each model's directory; written last, it marks the directory complete
 LOG_FILE = "zoo.log"                # the worker's stdout and stderr
@@ -189,7 +190,9 @@ def model_record(model: ZooModel, status: str, error: str | None, report: dict |
     return {
         "name": model.name, "path": model.path, "status": status, "error": error,
         "passed": None if report is None else report["passed"],
+        "task": None if report is None else report["task"],
         "accuracy": None if report is None else report["accuracy"],
+        "metrics": None if report is None else report["metrics"],
         "equivalence": equivalence,
         "finetuned": None if report is None else report["finetune"]["performed"],
         "netlist": None if stats is None else {"neurons": stats["neurons"], "synapses": stats["synapses"]},

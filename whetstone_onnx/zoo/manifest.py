@@ -21,11 +21,12 @@ from ..finetune import FinetuneOptions
 # The manifest's per-model options are api.convert's (conversion.ConvertOptions and
 # ``data``, bar ``progress``); their defaults are ConvertOptions', their TOML types are here.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "data": (str,), "normalize": (list, str), "output": (str,), "output_name": (str,), "key_width": (int,),
+    "data": (str,), "normalize": (list, str), "task": (str,), "levels": (int,), "output": (str,),
+    "output_name": (str,), "key_width": (int,),
     "seed": (int,),
     "finetune": (bool, dict), "calibration_percentile": (int, float), "netlist": (bool,),
     "nir_profile": (str,), "nir_dt": (int, float), "weight_bits": (int,), "hardware": (str,),
-    "max_loss": (int, float), "accept_loss": (bool,), "max_elements": (int,), "max_synapses": (int,),
+    "max_loss": (int, float), "max_error_ratio": (int, float), "accept_loss": (bool,), "max_elements": (int,), "max_synapses": (int,),
 }
 # A [[model]] table's own keys: not convert options, and not part of the resume key
 # (a limit changes whether a run finishes, never what a finished run computes).

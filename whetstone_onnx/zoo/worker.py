@@ -77,7 +77,7 @@ def convert(request: dict) -> dict:
         return {"status": "failed", "error": f"{request['model']}: equivalence check failed (see report.json)"}
     if not converted.accuracy_ok:
         from ..report import guard_message
-        return {"status": "accuracy_loss", "error": guard_message(request["model"], converted.report["accuracy_guard"])}
+        return {"status": "accuracy_loss", "error": guard_message(request["model"], converted.report)}
     return {"status": "ok", "error": None}
 
 
