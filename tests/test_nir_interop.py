@@ -80,3 +80,20 @@ def test_a_depthwise_separable_net_converts_through_every_representation_and_snn
     expected = runtime.predict(result.spiking_model, x)
     np.testing.assert_allclose(output.numpy().reshape(expected.shape), expected, rtol=1e-4,
                                atol=1e-4 * np.abs(expected).max())
+
+
+def test_snntorch_runs_an_autoencoders_readout(tmp_path):
+    """--task reconstruct: the NIR graph ends in the readout's Affine; snnTorch computes its real
+    values, and the host-side sigmoid and reshape the metadata name give spiking.onnx's output."""
+    result = api.convert(MODELS / "digits_autoencoder.onnx", tmp_path, data="digits", task="reconstruct",
+                         finetune=False, accept_loss=True)
+    graph = nir.read(tmp_path / "model.nir")
+    assert str(graph.metadata["readout_activation"]["op_type"]) == "Sigmoid"
+    network = import_nir.import_from_nir(graph)
+    x = fit_to_input(load_dataset("digits").x_test, (64,), None, spec="digits")
+    with torch.no_grad():
+        readout, _state = network(torch.tensor(x))
+    values = torch.sigmoid(readout).numpy().reshape(len(x), *graph.metadata["output_reshape"])
+    expected = runtime.predict(result.spiking_model, x)
+    assert values.shape == expected.shape == (360, 8, 8, 1)
+    np.testing.assert_allclose(values, expected, atol=1e-5)
