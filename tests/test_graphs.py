@@ -84,7 +84,7 @@ def test_branching_models_convert_and_every_representation_agrees(tmp_path, grap
     assert all(len(row["inputs"]) >= 2 for row in merges)
     # The written files, re-read (model.nir by nir.read) and checked again from the folder.
     checked = api.check_outputs(out)
-    assert checked.passed and set(checked.comparisons) == {"spiking.onnx vs netlist", "spiking.onnx vs model.nir"}
+    assert checked.passed and {"spiking.onnx vs netlist", "spiking.onnx vs model.nir"} <= set(checked.comparisons)
     header = json.loads((out / "netlist.json").read_text())
     posts = [projection["post"] for projection in header["projections"]]
     assert len({projection["name"] for projection in header["projections"]}) == len(header["projections"])
@@ -237,3 +237,26 @@ def test_an_add_that_reads_one_layer_twice_counts_it_twice(rng):
     step = network.copy()
     to_step_network(step)
     np.testing.assert_array_equal(step.forward(x, all_layers=True)[2], network.forward(x, all_layers=True)[2])
+
+
+def test_the_structure_index_follows_edits_in_place(rng):
+    """Network._structure is rebuilt when layers or links change in place (passes edit them so), and
+    only then: replacing a layer by one of the same name keeps it."""
+    def dense(name):
+        return Dense(name, rng.standard_normal((4, 4)).astype(np.float32), None)
+
+    network = Network("x", (4,), "y", [dense("a"), dense("b"), dense("c")])
+    assert [network.consumers(i) for i in (-1, 0, 1)] == [[0], [1], [2]]
+    network.layers.insert(1, dense("n"))
+    assert network.consumers(0) == [1] and network.consumers(1) == [2] and network.source_indices(3) == [2]
+    network.links["c"] = ("a", "b")
+    assert network.consumers(0) == [1, 3] and network.source_indices(3) == [0, 2]
+    version = network.layers.version
+    network.layers[2] = dense("b")                   # same name: same structure
+    assert network.layers.version == version and network.consumers(2) == [3]
+    network.layers[2] = dense("m")                   # renamed: "c" now reads a layer that is gone
+    assert network.source_indices(3) == [0, -1]
+    del network.links["c"]
+    network.layers.pop(1)
+    assert [network.consumers(i) for i in (-1, 0, 1)] == [[0], [1], [2]]
+    assert network.copy().consumers(0) == [1]

@@ -82,3 +82,31 @@ def test_nhot_decode_is_nearest_code_and_matches_reference():
     probabilities = runtime.predict(single_op_model("NHotDecode", [3, 12], key), spikes)
     assert probabilities.argmax(1).tolist() == [2, 0, 1]
     np.testing.assert_allclose(probabilities, NHotDecode("d", key).forward(spikes.astype(np.float64)), atol=1e-6)
+
+
+def test_spiking_onnx_pools_potentials_before_their_step(rng, tmp_path):
+    """emit.pool_before_steps: a Spike with per-channel thresholds read only by a MaxPool is written after
+    the pooling of its potentials (exact, and faster in onnxruntime); steps_before_pools restores the
+    layer-by-layer form byte for byte, and both compute the same values; per-neuron thresholds stay."""
+    from conftest import MODELS
+    from whetstone_onnx import api
+    from whetstone_onnx.emit import pool_before_steps, steps_before_pools, to_onnx
+
+    result = api.convert(MODELS / "torchstyle_digits_conv.onnx", tmp_path, data="digits", normalize=(0.5, 0.5),
+                         finetune=False)
+    written = result.spiking_model
+    assert result.report["passes"]["network"]["pool_before_steps"] == 1
+    assert result.report["equivalence"]["pooling_order"] == {"samples": 360, "reordered": 1, "layers": [],
+                                                              "unexplained": 0, "passed": True}
+    kinds = [node.op_type for node in written.graph.node]
+    assert kinds[:3] == ["Conv", "MaxPool", "Spike"]
+    layered = to_onnx(result.spiking_network, graph_name="spiking", doc=written.graph.doc_string)
+    assert steps_before_pools(written).SerializeToString() == layered.SerializeToString()
+    assert pool_before_steps(layered)[0].SerializeToString() == written.SerializeToString()
+    x = rng.random((50, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(runtime.predict(written, x), runtime.predict(layered, x))
+    assert api.check_outputs(tmp_path).comparisons["spiking.onnx vs its layer form"]["passed"]
+    # A threshold per neuron (C, H, W) differs between the positions a window pools: not moved.
+    spike = next(layer for layer in result.spiking_network.layers if layer.kind == "spike")
+    spike.threshold = np.broadcast_to(spike.threshold, (8, 8, 8)).copy()
+    assert pool_before_steps(to_onnx(result.spiking_network, graph_name="spiking"))[1] == 0

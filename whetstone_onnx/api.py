@@ -343,4 +343,7 @@ def check_outputs(out_dir: str | Path, *, data: str | Dataset | None = None,
         result.comparisons["spiking.onnx vs model.nir"] = check.check_nir(spiking_model, graph, x).to_dict()
     if not result.comparisons:
         raise InputError(f"{out}: no netlist to check against spiking.onnx (model.nir and netlist.json are missing)")
+    pooling = check.check_pooling_order(spiking_model, x)
+    if pooling is not None:
+        result.comparisons["spiking.onnx vs its layer form"] = pooling
     return result

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from . import runtime
-from .emit import to_onnx
+from .emit import POOLED, steps_before_pools, to_onnx
 from .network import Network
 from .ops.activation import Spike
 
@@ -195,9 +195,26 @@ def _layer_outputs(spiking_model: onnx.ModelProto, x: np.ndarray, layer_of: dict
 
     ``layer_of`` maps each wanted key to a layer (node) name; the result is keyed like it.
     """
+    spiking_model = steps_before_pools(spiking_model)       # the Spike before each pooling (emit.py)
     value_of = {node.name: node.output[0] for node in spiking_model.graph.node}
     outputs = runtime.run(runtime.with_outputs(spiking_model, [value_of[layer] for layer in layer_of.values()]), x)
     return {key: outputs[value_of[layer]].reshape(len(x), -1) for key, layer in layer_of.items()}
+
+
+def check_pooling_order(spiking_model: onnx.ModelProto, x: np.ndarray) -> dict | None:
+    """spiking.onnx as written, with max pooling before some steps (emit.pool_before_steps), against
+    its layer-by-layer form, which the other checks read: the output and every Spike's value
+    (the pooled spikes) the same, bit for bit. None when no pooling was moved."""
+    reordered = sum(node.op_type == "MaxPool" and node.name.endswith(POOLED) for node in spiking_model.graph.node)
+    if not reordered:
+        return None
+    values = [spiking_model.graph.output[0].name] + [node.output[0] for node in spiking_model.graph.node
+                                                     if node.op_type == "Spike"]
+    written = runtime.run(runtime.with_outputs(spiking_model, values), x)
+    canonical = runtime.run(runtime.with_outputs(steps_before_pools(spiking_model), values), x)
+    different = sum(int(np.count_nonzero(written[name] != canonical[name])) for name in values)
+    return {"samples": len(x), "reordered": reordered, "layers": [], "unexplained": different,
+            "passed": different == 0}
 
 
 def check_nir(spiking_model: onnx.ModelProto, graph, x: np.ndarray) -> NetlistCheck:
@@ -228,7 +245,7 @@ def check_netlist(spiking_model: onnx.ModelProto, netlist, x: np.ndarray) -> Net
     """Each explicit-netlist population simulated from onnxruntime's input to it, against onnxruntime."""
     from .netlist.sim import TIE_TOLERANCE, simulate_netlist
 
-    layers = {node.name for node in spiking_model.graph.node}
+    layers = {node.name for node in steps_before_pools(spiking_model).graph.node}
     compared = [p for p in netlist.populations if p["kind"] in ("spiking", "or") and p.get("layer_name") in layers]
     expected = _layer_outputs(spiking_model, x, {p["name"]: p["layer_name"] for p in compared})
     simulated = simulate_netlist(netlist, x, forced=expected, keep_potentials=True)

@@ -23,7 +23,7 @@ import onnx
 
 from . import check, runtime
 from .data import Dataset, check_dataset, fit_to_input, load_dataset
-from .emit import to_onnx
+from .emit import pool_before_steps, to_onnx
 from .errors import DataError, InputError, UnsupportedModelError
 from .finetune import FinetuneOptions, FinetuneResult
 from .finetune import finetune as run_finetune
@@ -170,6 +170,7 @@ class Conversion:
     netlist_check: check.NetlistCheck | None = None
     # spike_check, accuracy
     spike_check: check.SpikeCheck | None = None
+    pooling_check: dict | None = None               # spiking.onnx's pooling order (check.check_pooling_order)
     accuracy: dict[str, float] | None = None         # classify
     metrics: dict[str, dict[str, float]] | None = None   # reconstruct, regress: graph -> {"mse", "psnr_db"}
 
@@ -277,7 +278,8 @@ def finetune(c: Conversion) -> None:
 
 
 def emit(c: Conversion) -> None:
-    c.sharpenable_model, c.spiking, c.spiking_model = emit_trained(c.trained, c.doc)
+    c.sharpenable_model, c.spiking, layered = emit_trained(c.trained, c.doc)
+    c.spiking_model, c.network_counts["pool_before_steps"] = pool_before_steps(layered)
     c.network_counts["to_step_network"] = sum(isinstance(layer, Spike) for layer in c.spiking.layers)
 
 
@@ -301,6 +303,7 @@ def netlist(c: Conversion) -> None:
 
 def spike_check(c: Conversion) -> None:
     c.spike_check = check.check_spiking(c.spiking, c.test)
+    c.pooling_check = check.check_pooling_order(c.spiking_model, c.test)
     if c.tuned is not None:
         compare = keras_vs_spiking_values if c.spiking.regression else keras_vs_spiking_onnx
         c.finetune_report["keras_vs_spiking_onnx"] = compare(c.tuned.keras_spiking_predictions, c.spiking_model,

@@ -218,6 +218,45 @@ class LinearLayer(Layer):
         raise NotImplementedError
 
 
+class _Counted:
+    """A mixin for the containers of a network's structure: counts the changes made to it."""
+
+    version = 0
+
+    @classmethod
+    def counting(cls, methods: tuple[str, ...]):
+        def wrap(name):
+            method = getattr(cls.__mro__[2], name)
+
+            def changed(self, *args, **kwargs):
+                self.version += 1
+                return method(self, *args, **kwargs)
+            return changed
+        for name in methods:
+            setattr(cls, name, wrap(name))
+        return cls
+
+
+class _LayerList(_Counted, list):
+    """``Network.layers``: passes edit it in place; its version tells the structure index (Network._structure).
+    A layer replaced by one of the same name (an activation by its unit, a unit by its Spike) leaves
+    the structure as it was."""
+
+    def __setitem__(self, index, value):
+        if isinstance(index, slice) or getattr(value, "name", None) != self[index].name:
+            self.version += 1
+        list.__setitem__(self, index, value)
+
+
+class _LinkDict(_Counted, dict):
+    """``Network.links``, counting its changes like _LayerList."""
+
+
+_LayerList.counting(("__delitem__", "__iadd__", "append", "extend", "insert", "pop", "remove",
+                     "clear", "sort", "reverse"))
+_LinkDict.counting(("__setitem__", "__delitem__", "pop", "popitem", "clear", "update", "setdefault"))
+
+
 @dataclass
 class Network:
     """A per-sample network between one named input and one named output: its layers in a
@@ -236,6 +275,14 @@ class Network:
     # outputs it reads, in order. A sequential network has none; the last layer is the output.
     links: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def __setattr__(self, name: str, value) -> None:
+        # The structure's containers count their changes (see _structure).
+        if name == "layers" and not isinstance(value, _LayerList):
+            value = _LayerList(value)
+        elif name == "links" and not isinstance(value, _LinkDict):
+            value = _LinkDict(value)
+        super().__setattr__(name, value)
+
     def copy(self) -> "Network":
         return copy.deepcopy(self)
 
@@ -250,13 +297,30 @@ class Network:
 
     def source_indices(self, index: int) -> list[int]:
         """The indices of the layers layer ``index`` reads; -1 stands for the network input."""
-        position = {layer.name: i for i, layer in enumerate(self.layers)}
+        position = self._structure()[0]
         return [position.get(name, -1) for name in self.sources(index)]
 
     def consumers(self, index: int) -> list[int]:
         """The indices of the layers that read layer ``index`` (-1: the network input)."""
         name = self.layers[index].name if index >= 0 else self.input_name
-        return [i for i in range(max(index + 1, 0), len(self.layers)) if name in self.sources(i)]
+        return [i for i in self._structure()[1].get(name, ()) if i > index]
+
+    def _structure(self) -> tuple[dict[str, int], dict[str, list[int]]]:
+        """(layer name -> index, value name -> the indices of the layers that read it, in order). Passes
+        edit ``layers`` and ``links`` in place, so it is rebuilt whenever either changed since the last
+        build (both count their changes: _LayerList, _LinkDict): one pass over the layers instead of
+        one over every layer's inputs for each question a pass asks. (A layer renamed in place after it
+        joined the network is not seen: only the lifter names layers, before.)"""
+        key = (id(self.layers), self.layers.version, id(self.links), self.links.version)
+        cached = self.__dict__.get("_structure_cache")
+        if cached is None or cached[0] != key:
+            position = {layer.name: i for i, layer in enumerate(self.layers)}
+            readers: dict[str, list[int]] = {}
+            for i in range(len(self.layers)):
+                for name in self.sources(i):
+                    readers.setdefault(name, []).append(i)
+            cached = self.__dict__["_structure_cache"] = (key, position, readers)
+        return cached[1], cached[2]
 
     def readout_index(self) -> int:
         """The index of the layer the output is read out of: the last one, or in a regression network

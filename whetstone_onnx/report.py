@@ -24,7 +24,8 @@ SCHEMA = "whetstone_onnx.report"
 #      finetune.validation.output (each output stage's best validated accuracy).
 # 1.4: passes.approximated_activations (the units that only approximate their activation).
 # 1.5: task; metrics and error_guard (reconstruct, regress: accuracy and accuracy_guard are null);
-#      equivalence.*.output (real-valued outputs compared); netlist.explicit.metrics.
+#      equivalence.*.output (real-valued outputs compared); netlist.explicit.metrics;
+#      equivalence.pooling_order (spiking.onnx pools some potentials before their step).
 SCHEMA_VERSION = "1.5"
 # Points of accuracy the spiking network may lose against the original before convert
 # fails (exit 1) unless the loss is accepted.
@@ -83,6 +84,7 @@ def conversion_report(c) -> dict:
             "sharpenable": {"samples": len(c.test), "sharpness": c.start_sharpness,
                             "class_agreement": c.start_agreement},
             "spiking": c.spike_check.to_dict(),
+            "pooling_order": c.pooling_check,
             "nir": None if c.nir_check is None else c.nir_check.to_dict(),
             "netlist": None if c.netlist_check is None else c.netlist_check.to_dict(),
         },
@@ -95,7 +97,8 @@ def conversion_report(c) -> dict:
         "timings_s": {k: round(v, 4) for k, v in c.timings.items()},
         "versions": package_versions(),
         "passed": c.float_check.passed and c.spike_check.passed and all(
-            check is None or check.passed for check in (c.nir_check, c.netlist_check)),
+            check is None or check.passed for check in (c.nir_check, c.netlist_check))
+        and (c.pooling_check is None or c.pooling_check["passed"]),
     }
 
 

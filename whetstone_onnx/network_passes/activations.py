@@ -80,12 +80,14 @@ def _split_over_concat(network: Network, index: int) -> list:
     return copies
 
 
-def compensate_output_scale(network: Network, index: int, factor: float) -> None:
+def compensate_output_scale(network: Network, index: int, factor: float,
+                            shape: tuple[int, ...] | None = None) -> None:
     """The layer at ``index`` now outputs its former values divided by ``factor``: on every path
     from it, the first layer that can takes the factor back, exactly (a Dense / Conv in its
     weights, a batch norm in its statistics, an Add in its weight for that input), across
-    scale-transparent layers; a Concat passes it on to its part of the channels."""
-    shape = network.shapes()[index]
+    scale-transparent layers; a Concat passes it on to its part of the channels. ``shape``: the
+    layer's output shape, when the caller knows it."""
+    shape = network.shapes()[index] if shape is None else shape
     for reader in network.consumers(index):
         _take_back(network, index, reader, np.full(shape, factor, np.float64))
 

@@ -48,7 +48,7 @@ def calibrate_scales(network: Network, samples: np.ndarray, percentile: float = 
                 # The layers that compensate come later in the order: the walk computes them as changed.
                 network.layers[network.producer(i)].scale_outputs(1.0 / scale)
                 inputs = [h / scale]
-                compensate_output_scale(network, i, scale)
+                compensate_output_scale(network, i, scale, h.shape[1:])
                 count += 1
         return layer.forward(*inputs)
 

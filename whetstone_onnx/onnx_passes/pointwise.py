@@ -91,7 +91,9 @@ def _island(root: ir.Value) -> list[ir.Node]:
                 nodes.append(node)
                 inside.add(id(node.outputs[0]))
                 frontier.append(node.outputs[0])
-    order = {id(node): i for i, node in enumerate(root.graph or nodes[0].graph)} if nodes else {}
+    if len(nodes) < 2:                  # (most islands: one activation node; no need to walk the graph)
+        return nodes
+    order = {id(node): i for i, node in enumerate(root.graph or nodes[0].graph)}
     return sorted(nodes, key=lambda node: order[id(node)])
 
 
