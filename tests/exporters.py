@@ -6,7 +6,7 @@ pooling, a dense head) or, for PyTorch, one of the branching ``GRAPH_KINDS`` (se
 ``torch_graph_model``). With ``data`` (x (N, 8, 8) in [0, 1], integer labels) the model
 is trained first, briefly and seeded; without, it keeps its seeded initial weights.
 Used by tests/test_exporters.py and by tools/bench_exporters.py, which measures what
-the README's exporter table says.
+the exporter table in docs/supported-models.md says.
 """
 from __future__ import annotations
 

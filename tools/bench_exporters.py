@@ -1,5 +1,5 @@
 """Benchmark (not a test): every exporter's default output, trained on digits and converted with
-default options; the rows of the README's exporter table.
+default options; the rows of the exporter table in docs/supported-models.md.
 
 For each exporter and model kind of ``tests/exporters.py`` (PyTorch dynamo and
 TorchScript, Keras 3 ``model.export``, tf2onnx ``from_function``, skl2onnx; an MLP

@@ -15,7 +15,7 @@ from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
 from .ops.decode import NHotDecode
 from .spiking_onnx import DOMAIN, DOMAIN_VERSION
-from .tasks import error_guard
+from .tasks import default_levels, error_guard
 
 SCHEMA = "whetstone_onnx.report"
 # 1.1: equivalence.sharpenable.sharpness is per layer (a Whetstone Keras export starts sharpened).
@@ -59,7 +59,8 @@ def conversion_report(c) -> dict:
                              "removed_normaliser": c.normaliser}},
         "output_opset": {"ai.onnx": PINNED_OPSET, DOMAIN: DOMAIN_VERSION, "ir_version": PINNED_IR_VERSION},
         "task": options.task,
-        "options": {"data": c.dataset.spec if c.dataset else None, "task": options.task, "levels": options.levels,
+        "options": {"data": c.dataset.spec if c.dataset else None, "task": options.task,
+                    "levels": options.levels or default_levels(options.task),
                     "normalize": list(options.normalize) if options.normalize else None,
                     "output": output, "key_width": options.key_width, "seed": options.seed},
         "passes": {"onnx": c.onnx_counts, "network": c.network_counts, "approximated_activations": c.approximated},
