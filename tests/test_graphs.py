@@ -260,3 +260,7 @@ def test_the_structure_index_follows_edits_in_place(rng):
     network.layers.pop(1)
     assert [network.consumers(i) for i in (-1, 0, 1)] == [[0], [1], [2]]
     assert network.copy().consumers(0) == [1]
+    # A new links dict as large as the one it replaces (a freed one's id may come back): still rebuilt.
+    for sources in (("x",), ("a",)):
+        network.links = {"c": sources}
+        assert network.source_indices(2) == [-1 if sources == ("x",) else 0]

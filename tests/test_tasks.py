@@ -116,6 +116,17 @@ def test_autoencoder_converts_and_checks(tmp_path) -> None:
     assert checked.passed and all(c["output"]["passed"] for c in checked.comparisons.values())
 
 
+def test_levels_leave_sharpened_units_and_classifier_outputs_are_refused(rng, tmp_path, capsys) -> None:
+    network = Network("x", (6,), "y", [Dense("a", rng.standard_normal((5, 6)).astype(np.float32), None),
+                                       Sharpenable("a/act", "bounded_relu", sharpness=1.0),
+                                       Dense("b", rng.standard_normal((3, 5)).astype(np.float32), None)])
+    assert expand_levels(network, 4) == 0 and network.layers[0].weight.shape == (5, 6)
+    # A Softmax output is a classifier's: --task regress would compare its logits with the targets.
+    code = main(["convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "s"), "--task", "reconstruct"])
+    assert code == 2 and "ends in a Softmax, a classifier's class probabilities" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_guard_and_misuse_exit_codes(tmp_path, capsys, regression) -> None:
     # Sharpened at once, the autoencoder's MSE is many times the original's: exit 1, named.
     code = main(["convert", str(AUTOENCODER), "-o", str(tmp_path / "a"), "--data", "digits", "--task", "reconstruct",

@@ -212,6 +212,9 @@ def sharpen(c: Conversion) -> None:
     options = c.options
     c.sharpenable = c.float_network.copy()
     regression = is_regression(options.task)
+    if regression and c.normaliser:
+        raise UnsupportedModelError(f"{c.loaded.source}: the output ends in a {c.normaliser}, a classifier's "
+                                    f"class probabilities: --task {options.task} reads real values")
     tail = split_readout_tail(c.sharpenable) if regression else []
     c.network_counts, calibrated = sharpenable_passes(c.sharpenable, c.calibration, options.calibration_percentile)
     c.approximated = approximated_activations(c.sharpenable)

@@ -252,9 +252,9 @@ class _LinkDict(_Counted, dict):
     """``Network.links``, counting its changes like _LayerList."""
 
 
-_LayerList.counting(("__delitem__", "__iadd__", "append", "extend", "insert", "pop", "remove",
+_LayerList.counting(("__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
                      "clear", "sort", "reverse"))
-_LinkDict.counting(("__setitem__", "__delitem__", "pop", "popitem", "clear", "update", "setdefault"))
+_LinkDict.counting(("__setitem__", "__delitem__", "__ior__", "pop", "popitem", "clear", "update", "setdefault"))
 
 
 @dataclass
@@ -311,9 +311,12 @@ class Network:
         build (both count their changes: _LayerList, _LinkDict): one pass over the layers instead of
         one over every layer's inputs for each question a pass asks. (A layer renamed in place after it
         joined the network is not seen: only the lifter names layers, before.)"""
-        key = (id(self.layers), self.layers.version, id(self.links), self.links.version)
+        # The containers themselves, not their ids: a new container may reuse a freed one's id and
+        # start from the same count.
+        key = (self.layers, self.layers.version, self.links, self.links.version)
         cached = self.__dict__.get("_structure_cache")
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0][0] is not key[0] or cached[0][2] is not key[2] \
+                or cached[0][1::2] != key[1::2]:
             position = {layer.name: i for i, layer in enumerate(self.layers)}
             readers: dict[str, list[int]] = {}
             for i in range(len(self.layers)):

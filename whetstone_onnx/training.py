@@ -209,7 +209,7 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
     epochs in which no head improved on its own best of that phase, records the history
     (loss, sharpness per layer, both accuracies) and shows progress on stderr: a bar on a
     terminal, one line per epoch otherwise (logs and CI). ``regression``: the score is minus the
-    mean squared error and the strictly best epoch is kept (the metric is "mse" where it is
+    mean squared error and the best epoch is kept (the latest among equals) (the metric is "mse" where it is
     "accuracy" for a classifier). Built here so that importing this module needs no Keras."""
     import keras
 

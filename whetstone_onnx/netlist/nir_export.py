@@ -55,6 +55,7 @@ class NirBuilder:
     last: str | list[str] = "input"              # the node(s) whose summed output is the current tensor
     input_shape: tuple[int, ...] | None = None     # the Input node's shape, when a layer reshapes the input
     host_side: str | None = None                   # the first layer the host applies to the output (after_output)
+    in_readout_tail: bool = False                  # the layer being added follows a regression network's readout
 
     def add(self, name: str, node) -> str:
         if self.host_side is not None:
@@ -143,8 +144,11 @@ def to_nir(network: Network, *, profile: str = "portable", dt: float = DEFAULT_D
                                f"uniform {float(UNIFORM_THRESHOLD)}; per-neuron part in the synaptic layer's bias, "
                                "except in the nodes listed in per_neuron_thresholds"})
 
+    readout = network.readout_index() if network.regression else len(network.layers)
+
     def add(layer, index: int, inputs: list[tuple]) -> tuple:
         """``inputs``: (last node or nodes, NIR shape) of each tensor the layer reads."""
+        builder.in_readout_tail = index > readout
         if layer.merges:
             shape = layer.to_nir(builder, inputs)
         else:

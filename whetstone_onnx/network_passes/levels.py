@@ -29,7 +29,9 @@ def expand_levels(network: Network, levels: int) -> int:
     count = 0
     for index, unit in enumerate(network.layers):
         producer, reader = network.producer(index), network.only_reader(index)
-        if not isinstance(unit, Sharpenable) or unit.function != "bounded_relu" or producer is None \
+        # (A unit already sharpened, as a Whetstone model's, is a step: copies would change it.)
+        if not isinstance(unit, Sharpenable) or unit.function != "bounded_relu" or unit.sharpness > 0 \
+                or producer is None \
                 or reader is None or network.only_reader(producer) != index:
             continue
         before, after = network.layers[producer], network.layers[reader]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from ..network import Layer, LinearLayer, Network
+from ..network import Layer, Network
 from ..ops.activation import Activation, Sharpenable
 from ..ops.conv import Conv2d
 from ..ops.decode import NHotDecode
@@ -76,20 +76,24 @@ def conv_head_to_dense(network: Network) -> int:
 
 def split_readout_tail(network: Network) -> list[Layer]:
     """Remove and return the readout tail of a regression network: the reshapes and the one float
-    activation after its last weight layer (``UnsupportedModelError`` when that layer is not a
-    weight layer read by the tail alone)."""
+    activation after its last Dense layer (``UnsupportedModelError`` when that layer is not a
+    Dense, or the activation has per-channel parameters, which the host could not apply to
+    the readout's flat values)."""
     layers, tail = network.layers, []
     while layers and layers[-1].name not in network.links and (
             isinstance(layers[-1], Reshape) or (isinstance(layers[-1], Activation)
                                                 and not any(isinstance(t, Activation) for t in tail))):
         tail.insert(0, layers.pop())
     readout = layers[-1] if layers else None
-    if not isinstance(readout, LinearLayer) or (tail and network.consumers(len(layers) - 1)):
+    per_channel = next((t for t in tail if getattr(t, "slope", None) is not None and t.slope.size > 1), None)
+    if not isinstance(readout, Dense) or per_channel is not None:
         layers.extend(tail)
         found = f"'{readout.name}' ({readout.kind})" if readout is not None else "nothing"
-        raise UnsupportedModelError(f"the output must be read out of a Dense (Gemm/MatMul) or Conv layer, "
-                                    f"optionally through one activation and reshapes; found {found} before "
-                                    f"{'them' if tail else 'the output'}")
+        raise UnsupportedModelError(
+            f"the output activation '{per_channel.name}' has a slope per channel: only elementwise output "
+            "activations are supported" if per_channel is not None else
+            f"the output must be read out of a Dense (Gemm/MatMul) layer, optionally through one activation "
+            f"and reshapes; found {found} before {'them' if tail else 'the output'}")
     return tail
 
 

@@ -143,6 +143,8 @@ class Activation(Layer):
 
     def to_nir(self, builder, input_shape) -> None:
         """No NIR node: the host applies a regression readout's activation, named in the metadata."""
+        if not builder.in_readout_tail:
+            super().to_nir(builder, input_shape)
         builder.after_output(self.name, "readout_activation", self.readout_function())
 
     def to_netlist(self, planner, index: int) -> None:

@@ -37,10 +37,12 @@ class Reshape(Layer):
             builder.input_shape = tuple(self.shape)
             builder.metadata["input_reshape"] = {"from": list(input_shape), "to": list(self.shape)}
             return None
-        if len(self.shape) != 1:
+        if len(self.shape) != 1 and builder.in_readout_tail:
             # NIR has Flatten only: a reshape of the output (an image out of a regression readout) is the host's.
             builder.after_output(self.name, "output_reshape", list(self.shape))
             return tuple(input_shape)
+        if len(self.shape) != 1:
+            raise UnsupportedModelError(f"layer '{self.name}': NIR has Flatten only, not a reshape to {self.shape}")
         # NIR shapes carry no batch axis: flatten the whole per-sample tensor.
         builder.add(self.name, nir.Flatten(input_type={"input": np.array(input_shape)}, start_dim=0, end_dim=-1))
 
