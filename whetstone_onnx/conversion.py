@@ -422,10 +422,7 @@ def keras_vs_spiking_onnx(keras_predictions: np.ndarray, spiking_model: onnx.Mod
 
 def keras_vs_spiking_values(keras_outputs: np.ndarray, spiking_model: onnx.ModelProto, x: np.ndarray) -> dict:
     """How far the Keras model at sharpness 1 and ``spiking.onnx`` compute apart (real-valued outputs)."""
-    spiking = runtime.predict(spiking_model, x).reshape(len(x), -1).astype(np.float64)
-    difference = float(np.abs(spiking - keras_outputs.reshape(len(x), -1)).max())
-    return {"samples": len(x), "max_abs_diff": difference,
-            "relative_diff": difference / max(float(np.abs(spiking).max()), 1e-12)}
+    return {"samples": len(x), **check.compare_values(runtime.predict(spiking_model, x), keras_outputs)}
 
 
 def _accuracy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:
