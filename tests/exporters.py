@@ -21,7 +21,7 @@ EPOCHS = 15
 def torch_model(kind: str):
     import torch.nn as nn
 
-    if kind in GRAPH_KINDS:
+    if kind in GRAPH_KINDS + UNTANGLED_KINDS:
         return torch_graph_model(kind)
     if kind == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 10))
@@ -35,7 +35,10 @@ def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bo
     "resnet": a conv stem, a residual block with an identity shortcut and one with a strided 1x1
     projection shortcut (conv + batch norm on both branches), a dense head; "inception": a conv stem,
     1x1, 3x3 and 5x5 branches concatenated, a 1x1 conv over the concatenation, max pooling, a dense
-    head. ``stem_pool``: max pooling after the stem (for MNIST-sized images)."""
+    head; "preact_resnet": a raw conv stem, two pre-activation blocks with identity shortcuts and one
+    with a projection, BN, ReLU, a dense head; "densenet": a raw conv stem, two DenseNet layers (each
+    concatenates its input with a conv of it), BN, ReLU, average pooling, a dense head.
+    ``stem_pool``: max pooling after the stem (a stride-2 stem for the last two), for MNIST-sized images."""
     import torch
     import torch.nn as nn
 
@@ -60,8 +63,44 @@ def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bo
         def forward(self, x):
             return torch.cat([branch(x) for branch in self.branches], dim=1)
 
-    stem = [conv_bn(1, width), nn.ReLU()] + ([nn.MaxPool2d(2)] if stem_pool else [])
+    class PreActivation(nn.Module):
+        """He et al.'s pre-activation block: BN, ReLU, conv, BN, ReLU, conv, plus the raw input (a
+        projection of the activated input where the shape changes); no activation after the sum."""
+
+        def __init__(self, c_in, c_out, stride=1):
+            super().__init__()
+            self.first = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU())
+            self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+                                      nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False))
+            self.projection = None if stride == 1 and c_in == c_out else nn.Conv2d(c_in, c_out, 1, stride,
+                                                                                   bias=False)
+
+        def forward(self, x):
+            activated = self.first(x)
+            return self.body(activated) + (x if self.projection is None else self.projection(activated))
+
+    class DenseLayer(nn.Module):
+        """DenseNet's layer: its input (raw convolution outputs) concatenated with BN, ReLU, conv of it."""
+
+        def __init__(self, c_in, growth):
+            super().__init__()
+            self.body = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(), nn.Conv2d(c_in, growth, 3, 1, 1, bias=False))
+
+        def forward(self, x):
+            return torch.cat([x, self.body(x)], 1)
+
     side = size // 2 if stem_pool else size
+    if kind in UNTANGLED_KINDS:         # a raw stem convolution, strided for MNIST-sized images
+        stem = [nn.Conv2d(1, width, 3, 2 if stem_pool else 1, 1, bias=False)]
+        if kind == "preact_resnet":
+            body = [PreActivation(width, width), PreActivation(width, width), PreActivation(width, 2 * width, 2)]
+            channels = 2 * width
+        else:
+            body = [DenseLayer(width, width), DenseLayer(2 * width, width)]
+            channels = 3 * width
+        body += [nn.BatchNorm2d(channels), nn.ReLU(), nn.AvgPool2d(2) if kind == "densenet" else nn.Identity()]
+        return nn.Sequential(*stem, *body, nn.Flatten(), nn.Linear(channels * (side // 2) ** 2, classes))
+    stem = [conv_bn(1, width), nn.ReLU()] + ([nn.MaxPool2d(2)] if stem_pool else [])
     if kind == "resnet":
         body = [Residual(width, width), Residual(width, 2 * width, 2)]
         features = 2 * width * (side // 2) ** 2
@@ -74,6 +113,8 @@ def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bo
 
 
 GRAPH_KINDS = ("resnet", "inception")
+# Branches that share raw tensors (network_passes/branches.py).
+UNTANGLED_KINDS = ("preact_resnet", "densenet")
 
 
 def torch_export(folder: Path, kind: str, data=None, *, dynamo: bool) -> Path:

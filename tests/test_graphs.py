@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from conftest import graph_model, run_cli
-from exporters import GRAPH_KINDS, torch_export
+from exporters import GRAPH_KINDS, UNTANGLED_KINDS, torch_export, torch_graph_model
 from onnx import helper
 
 from whetstone_onnx import api
@@ -16,6 +16,7 @@ from whetstone_onnx.conversion import float_network, sharpenable_passes
 from whetstone_onnx.errors import UnsupportedModelError
 from whetstone_onnx.load import load_model
 from whetstone_onnx.network import Network
+from whetstone_onnx.network_passes.branches import untangle_branches
 from whetstone_onnx.ops.activation import Sharpenable
 from whetstone_onnx.ops.dense import Dense
 from whetstone_onnx.ops.merge import Add
@@ -264,3 +265,66 @@ def test_the_structure_index_follows_edits_in_place(rng):
     for sources in (("x",), ("a",)):
         network.links = {"c": sources}
         assert network.source_indices(2) == [-1 if sources == ("x",) else 0]
+
+
+@pytest.fixture(scope="module")
+def untangled_models(tmp_path_factory):
+    """The pre-activation ResNet and the DenseNet of tests/exporters.py, with seeded random batch-norm
+    statistics and affines (untrained ones are nearly the identity), TorchScript exporter."""
+    torch = pytest.importorskip("torch")
+    folder = tmp_path_factory.mktemp("untangled")
+    paths = {}
+    for kind in UNTANGLED_KINDS:
+        torch.manual_seed(0)
+        model = torch_graph_model(kind)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.3, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.uniform_(-0.3, 0.3)
+        paths[kind] = folder / f"{kind}.onnx"
+        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), str(paths[kind]), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    return paths
+
+
+@pytest.mark.parametrize("kind", UNTANGLED_KINDS)
+def test_branches_sharing_raw_tensors_are_untangled_exactly(untangled_models, kind, rng):
+    """Pre-activation blocks (a sum read by the next block's batch norm and by the next sum, no
+    activation after it) and DenseNet layers (concatenations of raw convolution outputs, batch
+    norm over them): after the pass every activation and every sum reads weighted sums of its own,
+    and the network computes what onnxruntime computes on the original."""
+    import onnxruntime as ort
+
+    network, _, _ = float_network(load_model(untangled_models[kind]))
+    x = rng.standard_normal((32, 1, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(str(untangled_models[kind])).run(None, {"x": x})[0]
+    assert untangle_branches(network) >= 4
+    np.testing.assert_allclose(network.forward(x), expected, atol=1e-5 * np.abs(expected).max())
+    kinds = [layer.kind for layer in network.layers]
+    assert "batchnorm" not in kinds
+    for index, layer in enumerate(network.layers):
+        if layer.kind in ("activation", "add"):
+            for source in network.source_indices(index):
+                if source >= 0 and network.layers[source].weighted_sum:
+                    assert network.only_reader(source) == index, (layer.name, network.layers[source].name)
+    if kind == "preact_resnet":      # the two identity shortcuts' chain: one sum of three projections
+        assert max(len(network.sources(i)) for i, k in enumerate(kinds) if k == "add") == 3
+    else:                            # the nested concatenation: one of three parts
+        assert max(len(network.sources(i)) for i, k in enumerate(kinds) if k == "concat") == 3
+
+
+@pytest.mark.parametrize("kind", UNTANGLED_KINDS)
+def test_branches_sharing_raw_tensors_convert_and_every_representation_agrees(tmp_path, untangled_models, kind):
+    out = tmp_path / "out"
+    result = api.convert(untangled_models[kind], out, data="digits", finetune=False, accept_loss=True)
+    report = result.report
+    assert report["passed"] and report["equivalence"]["float"]["relative_diff"] <= 1e-4
+    assert report["equivalence"]["spiking"]["unexplained"] == 0
+    assert report["passes"]["network"]["untangle_branches"] >= 4
+    checked = api.check_outputs(out)
+    assert checked.passed and {"spiking.onnx vs netlist", "spiking.onnx vs model.nir"} <= set(checked.comparisons)
+    if kind == "preact_resnet":
+        posts = [projection["post"] for projection in json.loads((out / "netlist.json").read_text())["projections"]]
+        assert max(posts.count(post) for post in posts) == 3

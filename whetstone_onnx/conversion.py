@@ -38,6 +38,7 @@ from .ops.dense import Dense
 from .network_passes.activations import activations_before_pooling, approximated_activations, replace_activations
 from .network_passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
 from .onnx_passes.normalisers import REMOVED_NORMALISER
+from .network_passes.branches import untangle_branches
 from .network_passes.output_stage import (OUTPUT_MODES, conv_head_to_dense, make_output_stage,
                                            make_regression_output, split_readout_tail)
 from .onnx_passes.pipeline import run_onnx_passes, unsupported_nodes
@@ -372,6 +373,7 @@ def sharpenable_passes(network: Network, calibration: np.ndarray, percentile: fl
     """The network passes that make a float network sharpenable, in order, up to the output stage:
     (rewrites per pass, the calibration's result)."""
     counts = {
+        "untangle_branches": untangle_branches(network),
         "conv_head_to_dense": conv_head_to_dense(network),
         "activations_before_pooling": activations_before_pooling(network),
         "replace_activations": replace_activations(network),

@@ -1,0 +1,161 @@
+"""Give every unit a weighted sum of its own where branches share tensors that are not yet
+activated: pre-activation ResNets (the sum x + f(x) read by the next block's batch norm and by
+the next sum, the stem convolution read by both), a batch norm after a sum, DenseNet-style
+concatenations of convolution outputs, a batch norm over a concatenation.
+
+In the spiking network a unit's potential is a weighted sum of spikes, compared with its
+threshold; a raw (not activated) tensor exists only inside such sums. The rewrites below
+keep the float function and end with every activation and every Add fed by Dense / Conv /
+Add layers that only it reads (what replace_activations, the step network and the
+netlists need):
+
+- a weighted sum or a concatenation of raw tensors that several layers read is copied, one
+  copy per reader (the copies then train apart, as the units they feed are distinct);
+- a batch norm after a weighted sum that only it reads folds into that sum;
+- a batch norm that alone reads a concatenation becomes one batch norm per part;
+- a concatenation that only another concatenation reads gives it its parts;
+- an Add that only another Add reads dissolves into it, its inputs weighted by that Add's
+  weight for it (so a chain of identity shortcuts becomes one sum with several projections).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..network import Network
+from ..ops.batchnorm import BatchNorm
+from ..ops.merge import Add, Concat
+
+
+def untangle_branches(network: Network) -> int:
+    """Apply the rewrites above until none applies; return how many were made."""
+    count = 0
+    while any(rewrite(network) for rewrite in REWRITES):
+        count += 1
+    return count
+
+
+def _is_raw(network: Network, index: int) -> bool:
+    """Whether layer ``index`` outputs values that only exist inside a unit's weighted sum."""
+    if index < 0:
+        return False
+    layer = network.layers[index]
+    if layer.weighted_sum or isinstance(layer, BatchNorm):
+        return True
+    return isinstance(layer, Concat) and any(_is_raw(network, part) for part in network.source_indices(index))
+
+
+def _unique_name(network: Network, name: str) -> str:
+    taken = {layer.name for layer in network.layers} | {network.input_name}
+    while name in taken:
+        name += "_"
+    return name
+
+
+def copy_shared_sums(network: Network) -> bool:
+    """The first raw weighted sum or concatenation read by several layers: one copy per reader
+    (a layer reading it twice keeps one copy)."""
+    for index in range(len(network.layers) - 1):
+        layer = network.layers[index]
+        readers = list(dict.fromkeys(network.consumers(index)))
+        if len(readers) < 2 or not (layer.weighted_sum or isinstance(layer, Concat)) or not _is_raw(network, index):
+            continue
+        for k, reader in enumerate([network.layers[i] for i in readers[1:]], 1):
+            copy = dataclasses.replace(layer, name=_unique_name(network, f"{layer.name}/copy{k}"))
+            for field in ("weight", "bias", "weights"):
+                if getattr(copy, field, None) is not None:
+                    setattr(copy, field, getattr(copy, field).copy())
+            network.insert(index + 1, copy, network.sources(index))
+            position = network.index_of(reader)
+            network.set_sources(position, tuple(copy.name if s == layer.name else s
+                                                for s in network.sources(position)))
+        return True
+    return False
+
+
+def fold_batchnorm_into_sum(network: Network) -> bool:
+    """The first batch norm right after a weighted sum that only it reads: folded into the sum."""
+    for index, layer in enumerate(network.layers):
+        producer = network.producer(index) if isinstance(layer, BatchNorm) else None
+        if producer is not None and network.layers[producer].weighted_sum:
+            network.layers[producer].scale_outputs(*layer.affine())
+            network.remove(index)
+            return True
+    return False
+
+
+def split_batchnorm_over_concat(network: Network) -> bool:
+    """bn(concat(a, b, ...)) == concat(bn_a(a), bn_b(b), ...), each with its channels' statistics."""
+    for index, layer in enumerate(network.layers):
+        if not isinstance(layer, BatchNorm):
+            continue
+        (source,) = network.source_indices(index)
+        if source < 0 or not isinstance(network.layers[source], Concat) or network.only_reader(source) != index:
+            continue
+        concat, shapes = network.layers[source], network.shapes()
+        parts, offset = [], 0
+        for k, (part, position) in enumerate(zip(network.sources(source), network.source_indices(source))):
+            width = (network.input_shape if position < 0 else shapes[position])[0]
+            piece = dataclasses.replace(layer, name=_unique_name(network, f"{layer.name}/{k}"),
+                                        **{field: getattr(layer, field)[offset:offset + width].copy()
+                                           for field in ("gamma", "beta", "mean", "var")})
+            network.insert(network.index_of(concat), piece, (part,))
+            parts.append(piece.name)
+            offset += width
+        network.set_sources(network.index_of(concat), tuple(parts))
+        network.remove(network.index_of(layer))
+        return True
+    return False
+
+
+def flatten_concats(network: Network) -> bool:
+    """The first concatenation that only another one reads: its parts go into that one."""
+    for index, layer in enumerate(network.layers):
+        reader = network.only_reader(index)
+        if isinstance(layer, Concat) and reader is not None and isinstance(network.layers[reader], Concat):
+            parts = network.sources(index)
+            network.set_sources(reader, tuple(p for s in network.sources(reader)
+                                              for p in (parts if s == layer.name else (s,))))
+            _drop(network, index)
+            return True
+    return False
+
+
+def dissolve_sums_into_sums(network: Network) -> bool:
+    """The first Add that only another Add reads: its inputs join that Add's, weighted by the
+    reader's weight for it, its bias into the reader's bias; an input read twice is read once
+    with the weights added."""
+    for index, layer in enumerate(network.layers):
+        reader = network.only_reader(index)
+        if not isinstance(layer, Add) or reader is None or not isinstance(network.layers[reader], Add):
+            continue
+        outer = network.layers[reader]
+        terms: dict[str, np.ndarray] = {}
+        bias = outer.bias_or_zero().astype(np.float64)
+        for source, weights in zip(network.sources(reader), outer.weights.astype(np.float64)):
+            if source != layer.name:
+                terms[source] = terms.get(source, 0.0) + weights
+                continue
+            bias = bias + weights * layer.bias_or_zero().astype(np.float64)
+            for inner, inner_weights in zip(network.sources(index), layer.weights.astype(np.float64)):
+                terms[inner] = terms.get(inner, 0.0) + weights * inner_weights
+        outer.weights = np.stack(list(terms.values())).astype(np.float32)
+        outer.bias = bias.astype(np.float32) if outer.bias is not None or np.any(bias) else None
+        network.set_sources(reader, tuple(terms))
+        _drop(network, index)
+        return True
+    return False
+
+
+def _drop(network: Network, index: int) -> None:
+    """Remove layer ``index``, which nothing reads any more."""
+    name = network.layers[index].name
+    network.set_sources(index, (network.input_name,))
+    network.remove(index)
+    assert all(name not in network.sources(i) for i in range(len(network.layers))), name
+
+
+REWRITES = (copy_shared_sums, fold_batchnorm_into_sum, split_batchnorm_over_concat, flatten_concats,
+            dissolve_sums_into_sums)
+
