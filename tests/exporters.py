@@ -37,7 +37,9 @@ def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bo
     1x1, 3x3 and 5x5 branches concatenated, a 1x1 conv over the concatenation, max pooling, a dense
     head; "preact_resnet": a raw conv stem, two pre-activation blocks with identity shortcuts and one
     with a projection, BN, ReLU, a dense head; "densenet": a raw conv stem, two DenseNet layers (each
-    concatenates its input with a conv of it), BN, ReLU, average pooling, a dense head.
+    concatenates its input with a conv of it), BN, ReLU, average pooling, a dense head; "mobilenet_v2":
+    a conv stem, four inverted-residual blocks (three with the raw input added), a 1x1 conv, global
+    average pooling, a dense head (ReLU6 throughout).
     ``stem_pool``: max pooling after the stem (a stride-2 stem for the last two), for MNIST-sized images."""
     import torch
     import torch.nn as nn
@@ -89,7 +91,29 @@ def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bo
         def forward(self, x):
             return torch.cat([x, self.body(x)], 1)
 
+    class InvertedResidual(nn.Module):
+        """MobileNetV2's block: 1x1 expansion, depthwise 3x3, 1x1 linear projection (ReLU6 after the
+        first two, batch norm after each); the raw input added where the shape allows, no activation after."""
+
+        def __init__(self, c_in, c_out, stride, expansion):
+            super().__init__()
+            hidden = c_in * expansion
+            layers = [] if expansion == 1 else [conv_bn(c_in, hidden, 1), nn.ReLU6()]
+            self.body = nn.Sequential(*layers, nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+                                      nn.BatchNorm2d(hidden), nn.ReLU6(), conv_bn(hidden, c_out, 1))
+            self.residual = stride == 1 and c_in == c_out
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
     side = size // 2 if stem_pool else size
+    if kind == "mobilenet_v2":
+        wide = 3 * width // 2
+        return nn.Sequential(conv_bn(1, width, 3, 2 if stem_pool else 1), nn.ReLU6(),
+                             InvertedResidual(width, width, 1, 1), InvertedResidual(width, wide, 2, 4),
+                             InvertedResidual(wide, wide, 1, 4), InvertedResidual(wide, wide, 1, 4),
+                             conv_bn(wide, 4 * width, 1), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4 * width, classes))
     if kind in UNTANGLED_KINDS:         # a raw stem convolution, strided for MNIST-sized images
         stem = [nn.Conv2d(1, width, 3, 2 if stem_pool else 1, 1, bias=False)]
         if kind == "preact_resnet":
@@ -114,7 +138,7 @@ def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bo
 
 GRAPH_KINDS = ("resnet", "inception")
 # Branches that share raw tensors (network_passes/branches.py).
-UNTANGLED_KINDS = ("preact_resnet", "densenet")
+UNTANGLED_KINDS = ("preact_resnet", "densenet", "mobilenet_v2")
 
 
 def torch_export(folder: Path, kind: str, data=None, *, dynamo: bool) -> Path:

@@ -269,7 +269,7 @@ def test_the_structure_index_follows_edits_in_place(rng):
 
 @pytest.fixture(scope="module")
 def untangled_models(tmp_path_factory):
-    """The pre-activation ResNet and the DenseNet of tests/exporters.py, with seeded random batch-norm
+    """The pre-activation ResNet, the DenseNet and the MobileNetV2 of tests/exporters.py, with seeded random batch-norm
     statistics and affines (untrained ones are nearly the identity), TorchScript exporter."""
     torch = pytest.importorskip("torch")
     folder = tmp_path_factory.mktemp("untangled")
@@ -292,8 +292,8 @@ def untangled_models(tmp_path_factory):
 @pytest.mark.parametrize("kind", UNTANGLED_KINDS)
 def test_branches_sharing_raw_tensors_are_untangled_exactly(untangled_models, kind, rng):
     """Pre-activation blocks (a sum read by the next block's batch norm and by the next sum, no
-    activation after it) and DenseNet layers (concatenations of raw convolution outputs, batch
-    norm over them): after the pass every activation and every sum reads weighted sums of its own,
+    activation after it), DenseNet layers (concatenations of raw convolution outputs, batch
+    norm over them) and MobileNetV2's linear bottlenecks (a raw sum read by a 1x1 conv): after the pass every activation and every sum reads weighted sums of its own,
     and the network computes what onnxruntime computes on the original."""
     import onnxruntime as ort
 
@@ -311,6 +311,11 @@ def test_branches_sharing_raw_tensors_are_untangled_exactly(untangled_models, ki
                     assert network.only_reader(source) == index, (layer.name, network.layers[source].name)
     if kind == "preact_resnet":      # the two identity shortcuts' chain: one sum of three projections
         assert max(len(network.sources(i)) for i, k in enumerate(kinds) if k == "add") == 3
+    elif kind == "mobilenet_v2":     # the last 1x1 conv reads the chain of two raw sums: three projections
+        assert max(len(network.sources(i)) for i, k in enumerate(kinds) if k == "add") == 3
+        # the projections composed with the expansions after them: no convolution reads a raw one
+        assert all(not network.layers[source].weighted_sum for i, k in enumerate(kinds) if k == "conv2d"
+                   for source in network.source_indices(i) if source >= 0)
     else:                            # the nested concatenation: one of three parts
         assert max(len(network.sources(i)) for i, k in enumerate(kinds) if k == "concat") == 3
 
@@ -325,6 +330,6 @@ def test_branches_sharing_raw_tensors_convert_and_every_representation_agrees(tm
     assert report["passes"]["network"]["untangle_branches"] >= 4
     checked = api.check_outputs(out)
     assert checked.passed and {"spiking.onnx vs netlist", "spiking.onnx vs model.nir"} <= set(checked.comparisons)
-    if kind == "preact_resnet":
+    if kind != "densenet":
         posts = [projection["post"] for projection in json.loads((out / "netlist.json").read_text())["projections"]]
         assert max(posts.count(post) for post in posts) == 3

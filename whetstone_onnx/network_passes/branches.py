@@ -15,7 +15,12 @@ netlists need):
 - a batch norm that alone reads a concatenation becomes one batch norm per part;
 - a concatenation that only another concatenation reads gives it its parts;
 - an Add that only another Add reads dissolves into it, its inputs weighted by that Add's
-  weight for it (so a chain of identity shortcuts becomes one sum with several projections).
+  weight for it (so a chain of identity shortcuts becomes one sum with several projections);
+- a pointwise layer (a Dense, or a 1x1 convolution without stride or padding) that alone reads
+  a raw sum is composed with it: a Dense / Conv becomes one layer (the product of their
+  weights), an Add becomes a sum of the pointwise layer applied to each of its inputs. That is
+  MobileNetV2's linear bottleneck: the block's output, a 1x1 projection plus the shortcut with
+  no activation after the sum, read by the next block's 1x1 expansion.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ import numpy as np
 
 from ..network import Network
 from ..ops.batchnorm import BatchNorm
+from ..ops.conv import Conv2d
+from ..ops.dense import Dense
 from ..ops.merge import Add, Concat
 
 
@@ -148,6 +155,70 @@ def dissolve_sums_into_sums(network: Network) -> bool:
     return False
 
 
+def _pointwise(layer) -> bool:
+    """Whether ``layer`` mixes channels only, the same way at every position: L(x) = W x + b per position."""
+    return isinstance(layer, Dense) or (
+        isinstance(layer, Conv2d) and layer.weight.shape[2:] == (1, 1) and layer.strides == (1, 1)
+        and not any(layer.pads) and layer.group == 1)
+
+
+def _dense_kernel(conv: Conv2d) -> np.ndarray:
+    """A convolution's weight (out, in / group, kH, kW) as the ungrouped (out, in, kH, kW), float64."""
+    out, per_group, height, width = conv.weight.shape
+    kernel = np.zeros((out, per_group * conv.group, height, width))
+    outputs = out // conv.group
+    for g in range(conv.group):
+        kernel[g * outputs:(g + 1) * outputs, g * per_group:(g + 1) * per_group] = conv.weight[g * outputs:
+                                                                                              (g + 1) * outputs]
+    return kernel
+
+
+def compose_pointwise_layers(network: Network) -> bool:
+    """The first pointwise layer that alone reads a raw weighted sum: composed with it."""
+    for index, outer in enumerate(network.layers):
+        producer = network.producer(index) if _pointwise(outer) else None
+        if producer is None or not network.layers[producer].weighted_sum:
+            continue
+        inner = network.layers[producer]
+        matrix = outer.weight.reshape(outer.weight.shape[:2]).astype(np.float64)      # (out, in)
+        bias = outer.bias_or_zero().astype(np.float64)
+        if isinstance(inner, Add):
+            _distribute_over_sum(network, index, producer, matrix, bias)
+            return True
+        if isinstance(inner, Dense) != isinstance(outer, Dense):
+            continue                    # a Dense reading a convolution reads it through a flatten
+        weight = matrix @ inner.weight.astype(np.float64) if isinstance(inner, Dense) else \
+            np.einsum("oi,ijhw->ojhw", matrix, _dense_kernel(inner))
+        composed = dataclasses.replace(inner, name=outer.name, weight=weight.astype(np.float32),
+                                       bias=(matrix @ inner.bias_or_zero().astype(np.float64) + bias).astype(np.float32),
+                                       **({"group": 1} if isinstance(inner, Conv2d) else {}))
+        sources = network.sources(producer)
+        network.layers[index] = composed
+        network.set_sources(index, sources)
+        _drop(network, producer)
+        return True
+    return False
+
+
+def _distribute_over_sum(network: Network, index: int, position: int, matrix: np.ndarray, bias: np.ndarray) -> None:
+    """L(sum_k w_k x_k + c) = sum_k (L w_k)(x_k) + (L c + b) for the pointwise layer L at ``index``
+    reading the Add at ``position``: L becomes an Add (of its name) of one copy of L per input."""
+    outer, add = network.layers[index], network.layers[position]
+    copies = []
+    for k, (source, weights) in enumerate(zip(network.sources(position), add.weights.astype(np.float64))):
+        scaled = matrix * weights[None, :]
+        copy = dataclasses.replace(outer, name=_unique_name(network, f"{outer.name}/{k}"), bias=None,
+                                   weight=scaled.reshape(outer.weight.shape).astype(np.float32))
+        network.insert(index, copy, (source,))
+        index += 1
+        copies.append(copy.name)
+    offset = matrix @ add.bias_or_zero().astype(np.float64) + bias
+    network.layers[index] = Add(outer.name, np.ones((len(copies), len(offset)), np.float32), add.rank,
+                                offset.astype(np.float32) if np.any(offset) or outer.bias is not None else None)
+    network.set_sources(index, tuple(copies))
+    _drop(network, position)
+
+
 def _drop(network: Network, index: int) -> None:
     """Remove layer ``index``, which nothing reads any more."""
     name = network.layers[index].name
@@ -157,5 +228,5 @@ def _drop(network: Network, index: int) -> None:
 
 
 REWRITES = (copy_shared_sums, fold_batchnorm_into_sum, split_batchnorm_over_concat, flatten_concats,
-            dissolve_sums_into_sums)
+            dissolve_sums_into_sums, compose_pointwise_layers)
 
