@@ -37,7 +37,8 @@ def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bo
     1x1, 3x3 and 5x5 branches concatenated, a 1x1 conv over the concatenation, max pooling, a dense
     head; "preact_resnet": a raw conv stem, two pre-activation blocks with identity shortcuts and one
     with a projection, BN, ReLU, a dense head; "densenet": a raw conv stem, two DenseNet layers (each
-    concatenates its input with a conv of it), BN, ReLU, average pooling, a dense head; "mobilenet_v2":
+    concatenates its input with a conv of it), a transition (BN, ReLU, 1x1 conv, average pooling),
+    a third DenseNet layer, BN, ReLU, average pooling, a dense head; "mobilenet_v2":
     a conv stem, four inverted-residual blocks (three with the raw input added), a 1x1 conv, global
     average pooling, a dense head (ReLU6 throughout).
     ``stem_pool``: max pooling after the stem (a stride-2 stem for the last two), for MNIST-sized images."""
@@ -119,11 +120,14 @@ def torch_graph_model(kind: str, *, size: int = 8, width: int = 8, stem_pool: bo
         if kind == "preact_resnet":
             body = [PreActivation(width, width), PreActivation(width, width), PreActivation(width, 2 * width, 2)]
             channels = 2 * width
+            side //= 2
         else:
-            body = [DenseLayer(width, width), DenseLayer(2 * width, width)]
-            channels = 3 * width
+            transition = [nn.BatchNorm2d(3 * width), nn.ReLU(), nn.Conv2d(3 * width, width, 1, bias=False),
+                          nn.AvgPool2d(2)]
+            body = [DenseLayer(width, width), DenseLayer(2 * width, width), *transition, DenseLayer(width, width)]
+            channels, side = 2 * width, side // 4
         body += [nn.BatchNorm2d(channels), nn.ReLU(), nn.AvgPool2d(2) if kind == "densenet" else nn.Identity()]
-        return nn.Sequential(*stem, *body, nn.Flatten(), nn.Linear(channels * (side // 2) ** 2, classes))
+        return nn.Sequential(*stem, *body, nn.Flatten(), nn.Linear(channels * side ** 2, classes))
     stem = [conv_bn(1, width), nn.ReLU()] + ([nn.MaxPool2d(2)] if stem_pool else [])
     if kind == "resnet":
         body = [Residual(width, width), Residual(width, 2 * width, 2)]

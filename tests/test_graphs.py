@@ -318,6 +318,9 @@ def test_branches_sharing_raw_tensors_are_untangled_exactly(untangled_models, ki
                    for source in network.source_indices(i) if source >= 0)
     else:                            # the nested concatenation: one of three parts
         assert max(len(network.sources(i)) for i, k in enumerate(kinds) if k == "concat") == 3
+        # the transition's 1x1 conv and 2x2 average pooling: one 2x2 conv of stride 2
+        assert any(layer.kind == "conv2d" and layer.weight.shape[2:] == (2, 2) and layer.strides == (2, 2)
+                   for layer in network.layers)
 
 
 @pytest.mark.parametrize("kind", UNTANGLED_KINDS)
@@ -333,3 +336,36 @@ def test_branches_sharing_raw_tensors_convert_and_every_representation_agrees(tm
     if kind != "densenet":
         posts = [projection["post"] for projection in json.loads((out / "netlist.json").read_text())["projections"]]
         assert max(posts.count(post) for post in posts) == 3
+
+
+@pytest.mark.parametrize("gamma_low", [0.5, -0.5])
+def test_a_batch_norm_after_max_pooling_moves_above_it_only_when_its_scales_are_not_negative(tmp_path, rng,
+                                                                                          gamma_low):
+    """conv, max pooling, batch norm, ReLU: bn(maxpool(x)) == maxpool(bn(x)) when every scale is >= 0,
+    and the batch norm then folds into the conv; with a negative scale they do not commute: refused."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(128, 10))
+    model[2].running_mean.uniform_(-0.2, 0.2)
+    model[2].running_var.uniform_(0.5, 2.0)
+    model[2].weight.data.uniform_(gamma_low, 1.5)
+    path = tmp_path / "pool_bn.onnx"
+    torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+    network, _, _ = float_network(load_model(path))
+    x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    if gamma_low < 0:
+        with pytest.raises(UnsupportedModelError, match="does not follow a Dense, Conv or Add layer"):
+            sharpenable_passes(network, x, 95.0)
+        return
+    sharpenable_passes(network, x, 100.0)
+    assert [layer.kind for layer in network.layers[:3]] == ["conv2d", "sharpenable", "maxpool2d"]
+    assert "batchnorm" not in [layer.kind for layer in network.layers]
+    untangled, _, _ = float_network(load_model(path))
+    untangle_branches(untangled)
+    np.testing.assert_allclose(untangled.forward(x), expected, atol=1e-5 * np.abs(expected).max())

@@ -11,7 +11,8 @@ netlists need):
 
 - a weighted sum or a concatenation of raw tensors that several layers read is copied, one
   copy per reader (the copies then train apart, as the units they feed are distinct);
-- a batch norm after a weighted sum that only it reads folds into that sum;
+- a batch norm after a weighted sum that only it reads folds into that sum, and one after a
+  max pooling of such a sum first moves above the pooling (when its scales are >= 0, the two commute);
 - a batch norm that alone reads a concatenation becomes one batch norm per part;
 - a concatenation that only another concatenation reads gives it its parts;
 - an Add that only another Add reads dissolves into it, its inputs weighted by that Add's
@@ -20,7 +21,11 @@ netlists need):
   a raw sum is composed with it: a Dense / Conv becomes one layer (the product of their
   weights), an Add becomes a sum of the pointwise layer applied to each of its inputs. That is
   MobileNetV2's linear bottleneck: the block's output, a 1x1 projection plus the shortcut with
-  no activation after the sum, read by the next block's 1x1 expansion.
+  no activation after the sum, read by the next block's 1x1 expansion;
+- average pooling (without padding) that alone reads a convolution is folded into it: the
+  mean of K x K outputs of a convolution is one convolution with a larger kernel and the
+  strides multiplied (DenseNet's transitions: conv 1x1, average pooling, then the next
+  block's batch norm and ReLU on the raw pooled tensor).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from ..ops.batchnorm import BatchNorm
 from ..ops.conv import Conv2d
 from ..ops.dense import Dense
 from ..ops.merge import Add, Concat
+from ..ops.pool import AvgPool2d, MaxPool2d
 
 
 def untangle_branches(network: Network) -> int:
@@ -88,6 +94,20 @@ def fold_batchnorm_into_sum(network: Network) -> bool:
         if producer is not None and network.layers[producer].weighted_sum:
             network.layers[producer].scale_outputs(*layer.affine())
             network.remove(index)
+            return True
+    return False
+
+
+def raise_batchnorm_over_max_pooling(network: Network) -> bool:
+    """The first batch norm with scales >= 0 after a max pooling that alone reads a weighted sum:
+    moved above the pooling (bn(maxpool(x)) == maxpool(bn(x))), where it folds into the sum."""
+    for index, layer in enumerate(network.layers):
+        pool = network.producer(index) if isinstance(layer, BatchNorm) and np.all(layer.affine()[0] >= 0) else None
+        if pool is None or not isinstance(network.layers[pool], MaxPool2d):
+            continue
+        producer = network.producer(pool)
+        if producer is not None and network.layers[producer].weighted_sum:
+            network.swap_with_follower(pool)
             return True
     return False
 
@@ -219,6 +239,45 @@ def _distribute_over_sum(network: Network, index: int, position: int, matrix: np
     _drop(network, position)
 
 
+def fold_average_pools_into_convs(network: Network) -> bool:
+    """The first unpadded average pooling that alone reads a convolution: one convolution.
+
+    pool[i] = 1/(A_h A_w) sum_{p < A} conv[i T + p] and conv[y] = sum_u W[u] x[y S + u D] (x
+    zero-padded as the convolution pads it), so pool[i] = sum_o W'[o] x[i (T S) + o] with
+    W'[o] = 1/(A_h A_w) sum over p S + u D = o of W[u]: a kernel of (A - 1) S + (K - 1) D + 1 cells
+    per axis, strides T S, no dilation, the same padding and bias. Where the floors of the two
+    output sizes would make the single convolution's output larger, nothing is folded."""
+    shapes = None
+    for index, pool in enumerate(network.layers):
+        producer = network.producer(index) if isinstance(pool, AvgPool2d) and not any(pool.pads) \
+            and not pool.ceil_mode else None
+        if producer is None or not isinstance(network.layers[producer], Conv2d):
+            continue
+        conv = network.layers[producer]
+        (height, width) = conv.weight.shape[2:]
+        cells = [(pool.kernel[a] - 1) * conv.strides[a] + (k - 1) * conv.dilations[a] + 1
+                 for a, k in enumerate((height, width))]
+        weight = np.zeros(conv.weight.shape[:2] + tuple(cells))
+        for p in range(pool.kernel[0]):
+            for q in range(pool.kernel[1]):
+                for u in range(height):
+                    for v in range(width):
+                        weight[:, :, p * conv.strides[0] + u * conv.dilations[0],
+                               q * conv.strides[1] + v * conv.dilations[1]] += conv.weight[:, :, u, v]
+        weight /= pool.kernel[0] * pool.kernel[1]
+        folded = dataclasses.replace(conv, name=pool.name, weight=weight.astype(np.float32),
+                                     strides=(pool.strides[0] * conv.strides[0], pool.strides[1] * conv.strides[1]),
+                                     dilations=(1, 1), bias=None if conv.bias is None else conv.bias.copy())
+        shapes = shapes or network.shapes()
+        source = network.source_indices(producer)[0]
+        if folded.output_shape(network.input_shape if source < 0 else shapes[source]) != shapes[index]:
+            continue
+        network.layers[index] = folded
+        network.remove(producer)
+        return True
+    return False
+
+
 def _drop(network: Network, index: int) -> None:
     """Remove layer ``index``, which nothing reads any more."""
     name = network.layers[index].name
@@ -227,6 +286,6 @@ def _drop(network: Network, index: int) -> None:
     assert all(name not in network.sources(i) for i in range(len(network.layers))), name
 
 
-REWRITES = (copy_shared_sums, fold_batchnorm_into_sum, split_batchnorm_over_concat, flatten_concats,
-            dissolve_sums_into_sums, compose_pointwise_layers)
+REWRITES = (copy_shared_sums, fold_batchnorm_into_sum, raise_batchnorm_over_max_pooling, split_batchnorm_over_concat,
+            flatten_concats, dissolve_sums_into_sums, compose_pointwise_layers, fold_average_pools_into_convs)
 
