@@ -73,6 +73,48 @@ def test_frozen_batchnorms_are_recalibrated_and_train_as_the_spiking_network_com
     np.testing.assert_array_equal(built.model(x, training=True).numpy(), built.model(x, training=False).numpy())
 
 
+def test_the_monitor_scores_the_moving_average_of_the_weights_and_training_goes_on_from_the_trained():
+    """weight_average: before the monitor scores an epoch the model holds the exponential moving
+    average of its per-step weights; after it, the weights as trained, from which training goes on."""
+    import keras
+
+    from whetstone_onnx.training import weight_average
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    y = np.random.default_rng(1).standard_normal((40, 2)).astype(np.float32)
+    seen: dict[str, list] = {"steps": [], "scored": [], "after": []}
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen["steps"].append([w.copy() for w in model.get_weights()])
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen["scored"].append([w.copy() for w in model.get_weights()])
+
+    class After(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen["after"].append([w.copy() for w in model.get_weights()])
+
+    model.fit(x, y, batch_size=10, epochs=2, shuffle=False, verbose=0,
+              callbacks=[Record()] + weight_average(model, 4, Record()) + [After()])
+    seen["steps"] = seen["steps"][::2]            # Record ran twice per step: before and after SwapIn
+    average = [np.asarray(w, np.float64) for w in seen["steps"][0]]
+    for step, weights in enumerate(seen["steps"][1:], 2):
+        average = [0.75 * a + 0.25 * w for a, w in zip(average, weights)]
+        if step % 4 == 0:                         # an epoch's end: 4 batches of 10
+            scored = seen["scored"][2 * (step // 4) - 1]
+            for got, expected in zip(scored, average):
+                np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+            for got, trained in zip(seen["after"][step // 4 - 1], weights):
+                np.testing.assert_array_equal(got, trained)
+    assert not np.allclose(seen["scored"][-1][0], seen["after"][-1][0])
+    with pytest.raises(api.InputError, match="--weight-average -1: must be >= 0 steps"):
+        api.FinetuneOptions(weight_average_steps=-1).validate()
+
+
 @pytest.mark.slow
 def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(tmp_path):
     """The collapse case: a good spiking network, then training that destroys it (here a
@@ -83,7 +125,8 @@ def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(
     assert good.accuracy["spiking"] > 0.85
     collapsed = api.convert(tmp_path / "good" / "sharpenable.onnx", data="digits", netlist=False,
                             accept_loss=True,
-                            finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=6, learning_rate=0.05))
+                            finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=6, learning_rate=0.05,
+                                                         weight_average_steps=0))
     report = collapsed.report["finetune"]
     history = report["history"]
     assert max(row["spiking_accuracy"] for row in history[1:]) < 0.2      # training collapsed to chance
@@ -96,7 +139,7 @@ def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(
     expected = good.accuracy["spiking"] if validation["kept_epoch"] == 0 else \
         history[validation["kept_epoch"] - 1]["spiking_accuracy"]
     assert validation["kept_epoch"] <= 1
-    assert collapsed.accuracy["spiking"] == pytest.approx(expected, abs=1e-9)
+    assert collapsed.accuracy["spiking"] == pytest.approx(expected, abs=1e-6)     # the history rounds to 6 places
     assert collapsed.report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
     assert collapsed.report["accuracy_guard"]["passed"] == (collapsed.report["accuracy_guard"]["loss_points"] <= 2)
 

@@ -67,8 +67,10 @@ def finetune_overrides(pairs: list[str]) -> dict:
 
 
 def run_model(model, base_dir: Path, effort: str | None, seed: int, overrides: dict | None = None,
-              output: str = "auto") -> dict:
-    """One model's row; a model that does not convert gets its one-line error instead of figures."""
+              output: str = "auto", history: bool = False) -> dict:
+    """One model's row; a model that does not convert gets its one-line error instead of figures.
+    ``history``: the row also holds the fine-tuning history and validation summary (to study how
+    the epoch kept is chosen)."""
     from whetstone_onnx import api
     from whetstone_onnx.errors import WhetstoneError
 
@@ -96,7 +98,8 @@ def run_model(model, base_dir: Path, effort: str | None, seed: int, overrides: d
             "kept_epoch": validation.get("kept_epoch"),
             "validation": validation.get("accuracy"), "wall_s": round(wall, 1),
             "finetune_s": round(report["timings_s"].get("finetune", 0.0), 1),
-            "passed": report["passed"]}
+            "passed": report["passed"], **({"history": tuned.get("history"), "validation_summary": validation}
+                                           if history else {})}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -182,6 +185,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows and the summary here (after every model)")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows --json already holds and run only the models it lacks")
+    parser.add_argument("--history", action="store_true",
+                        help="keep each model's fine-tuning history and validation summary in --json")
     parser.add_argument("--markdown", type=Path, help="write the table here (docs/suite.md)")
     parser.add_argument("--baseline", type=Path, help="an earlier run's --json, shown beside this one")
     parser.add_argument("--title", default="Generalisation suite: default options")
@@ -201,7 +206,8 @@ def main() -> None:
     print(f"{'model':<36}{'data':<8}{'original':>10}{'sharp 0':>9}{'spiking':>9}{'loss':>7}{'output':>9}{'epochs':>8}"
           f"{'time s':>8}", flush=True)
     for model in models:
-        row = run_model(model, manifest.base_dir, args.effort, args.seed, finetune_overrides(args.set), args.output)
+        row = run_model(model, manifest.base_dir, args.effort, args.seed, finetune_overrides(args.set), args.output,
+                        args.history)
         rows.append(row)
         if args.json:
             args.json.write_text(json.dumps({"rows": rows, "summary": summarise(rows), "effort": args.effort,

@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--patience", type=int, default=defaults.patience, metavar="EPOCHS",
                         help="stop after this many straight-through epochs without a better validation score "
                              "(default: a quarter of them, at least 3)")
+    tuning.add_argument("--weight-average", type=int, default=defaults.weight_average_steps, metavar="STEPS",
+                        help="straight-through phase: score and keep the moving average of the weights over "
+                             f"about STEPS optimizer steps (0: the weights as trained; default "
+                             f"{defaults.weight_average_steps})")
     tuning.add_argument("--batchnorm", choices=BATCHNORM_LAYERS, default=defaults.batchnorm,
                         help="hidden layers that train with a re-enabled batch norm, folded again after "
                              f"(default {defaults.batchnorm})")
@@ -268,7 +272,8 @@ def _convert(args) -> int:
                              optimizer=args.optimizer, learning_rate=args.learning_rate,
                              batch_size=args.batch_size, seed=args.seed, straight_through_epochs=args.ste_epochs,
                              batchnorm=args.batchnorm, shift=args.shift, distillation=args.distill,
-                             validation=args.validation, patience=args.patience)
+                             validation=args.validation, patience=args.patience,
+                             weight_average_steps=args.weight_average)
     options = api.ConvertOptions(normalize=args.normalize, output=args.output, key_width=args.key_width,
                                  seed=args.seed, finetune=False if args.no_finetune else recipe,
                                  calibration_percentile=args.percentile,

@@ -18,7 +18,7 @@ from .network import LinearLayer, Network
 from .ops.activation import Sharpenable
 from .ops.decode import NHotDecode
 from .ops.dense import Dense
-from .training import (epoch_monitor, freeze_batchnorms, objective, readout_head, spread_rows, training_data,
+from .training import (epoch_monitor, weight_average, freeze_batchnorms, objective, readout_head, spread_rows, training_data,
                               training_model)
 
 SHARPENERS = ("simple", "scheduled", "adaptive")
@@ -108,6 +108,11 @@ class FinetuneOptions:
     # Straight-through epochs without a better validation score before training
     # stops; None: a quarter of the straight-through epochs, at least MIN_PATIENCE.
     patience: int | None = None
+    # Straight-through phase: the network scored and kept after each epoch is the exponential
+    # moving average of the weights over about this many optimizer steps; 0: the weights as
+    # trained. Measured on the suite's six digits models, seeds 0-2: mean loss +0.63 -> +0.32
+    # points (worst model mean +1.85 -> +1.76); MNIST models: see docs/suite.md.
+    weight_average_steps: int = 100
 
     def validate(self) -> None:
         if self.sharpener not in SHARPENERS:
@@ -134,6 +139,8 @@ class FinetuneOptions:
             raise InputError(f"--shift {self.shift}: must be >= 0")
         if not 0.0 <= self.distillation <= 1.0:
             raise InputError(f"--distill {self.distillation}: expected a weight from 0 to 1")
+        if self.weight_average_steps < 0:
+            raise InputError(f"--weight-average {self.weight_average_steps}: must be >= 0 steps")
         if not 0.0 <= self.validation <= 0.5:
             raise InputError(f"--validation {self.validation}: expected a share of the training data from 0 to 0.5")
 
@@ -268,7 +275,9 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
         freeze_batchnorms(built, x_fit)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)   # retrace with the new gradient
         monitor.phase = "straight-through"
-        model.fit(**data, epochs=options.straight_through_epochs, verbose=0, callbacks=[monitor])
+        callbacks = [monitor] if not options.weight_average_steps else \
+            weight_average(model, options.weight_average_steps, monitor)
+        model.fit(**data, epochs=options.straight_through_epochs, verbose=0, callbacks=callbacks)
         for layer in layers:
             layer.straight_through = None
     monitor.close()

@@ -374,3 +374,43 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
                 self.bar.stop()
 
     return Monitor()
+
+
+
+def weight_average(model, steps: int, monitor) -> list:
+    """Callbacks around ``monitor`` (in this order): an exponential moving average of the trainable
+    weights, with a time constant of ``steps`` optimizer steps, is swapped in before the monitor
+    scores an epoch, so that what it scores and keeps is the average, and swapped out after it,
+    so that training goes on from the weights as trained; when training ends the model holds
+    the last average. Averaging the weights of the last few
+    hundred steps smooths the step units' flips between codes near their thresholds that single
+    steps of a small training set cause."""
+    import keras
+
+    decay = 1.0 - 1.0 / steps
+    variables = model.trainable_variables
+    state: dict[str, list[np.ndarray]] = {}
+
+    class SwapIn(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            values = [np.asarray(variable.numpy(), np.float64) for variable in variables]
+            state["average"] = values if "average" not in state else \
+                [decay * average + (1.0 - decay) * value for average, value in zip(state["average"], values)]
+
+        def on_epoch_end(self, epoch, logs=None):
+            state["trained"] = [variable.numpy() for variable in variables]
+            for variable, average in zip(variables, state["average"]):
+                variable.assign(average.astype(np.float32))
+
+    class SwapOut(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            for variable, trained in zip(variables, state["trained"]):
+                variable.assign(trained)
+
+        def on_train_end(self, logs=None):
+            # The network written is one that was scored: without a hold-out (no checkpoint to
+            # restore), the last average.
+            for variable, average in zip(variables, state.get("average", [])):
+                variable.assign(average.astype(np.float32))
+
+    return [SwapIn(), monitor, SwapOut()]

@@ -203,6 +203,8 @@ def compose_pointwise_layers(network: Network) -> bool:
         matrix = outer.weight.reshape(outer.weight.shape[:2]).astype(np.float64)      # (out, in)
         bias = outer.bias_or_zero().astype(np.float64)
         if isinstance(inner, Add):
+            if matrix.shape[1] != inner.out_channels:
+                continue                # a Dense reading a sum of images flattens it: not per channel
             _distribute_over_sum(network, index, producer, matrix, bias)
             return True
         if isinstance(inner, Dense) != isinstance(outer, Dense):
