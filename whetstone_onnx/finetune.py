@@ -18,8 +18,8 @@ from .network import LinearLayer, Network
 from .ops.activation import Sharpenable
 from .ops.decode import NHotDecode
 from .ops.dense import Dense
-from .training import (epoch_monitor, weight_average, freeze_batchnorms, objective, readout_head, spread_rows, training_data,
-                              training_model)
+from .training import (epoch_monitor, freeze_batchnorms, objective, readout_head, spread_rows, training_data,
+                       training_model, weight_average)
 
 SHARPENERS = ("simple", "scheduled", "adaptive")
 OPTIMIZERS = ("adam", "adadelta", "sgd", "rmsprop", "nadam")

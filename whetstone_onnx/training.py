@@ -376,15 +376,14 @@ def epoch_monitor(heads: list[str], layers, validation: tuple[np.ndarray, np.nda
     return Monitor()
 
 
-
 def weight_average(model, steps: int, monitor) -> list:
     """Callbacks around ``monitor`` (in this order): an exponential moving average of the trainable
     weights, with a time constant of ``steps`` optimizer steps, is swapped in before the monitor
     scores an epoch, so that what it scores and keeps is the average, and swapped out after it,
     so that training goes on from the weights as trained; when training ends the model holds
-    the last average. Averaging the weights of the last few
-    hundred steps smooths the step units' flips between codes near their thresholds that single
-    steps of a small training set cause."""
+    the last average. Averaging the weights of the last few hundred steps smooths the step
+    units' flips between codes near their thresholds that single steps of a small training
+    set cause."""
     import keras
 
     decay = 1.0 - 1.0 / steps

@@ -211,8 +211,9 @@ def compose_pointwise_layers(network: Network) -> bool:
             continue                    # a Dense reading a convolution reads it through a flatten
         weight = matrix @ inner.weight.astype(np.float64) if isinstance(inner, Dense) else \
             np.einsum("oi,ijhw->ojhw", matrix, _dense_kernel(inner))
+        composed_bias = matrix @ inner.bias_or_zero().astype(np.float64) + bias
         composed = dataclasses.replace(inner, name=outer.name, weight=weight.astype(np.float32),
-                                       bias=(matrix @ inner.bias_or_zero().astype(np.float64) + bias).astype(np.float32),
+                                       bias=composed_bias.astype(np.float32),
                                        **({"group": 1} if isinstance(inner, Conv2d) else {}))
         sources = network.sources(producer)
         network.layers[index] = composed
