@@ -443,6 +443,14 @@ class Network:
         shapes = [tuple(self.input_shape)] + self.shapes()
         return sum(layer.macs(shapes[self.source_indices(i)[0] + 1]) for i, layer in enumerate(self.layers))
 
+    def unique_name(self, name: str) -> str:
+        """``name``, with underscores added until no layer (nor the input) has it: links refer to
+        layers by name."""
+        taken = {layer.name for layer in self.layers} | {self.input_name}
+        while name in taken:
+            name += "_"
+        return name
+
     def index_of(self, layer: Layer) -> int:
         return next(i for i, candidate in enumerate(self.layers) if candidate is layer)
 

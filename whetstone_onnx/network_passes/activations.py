@@ -67,10 +67,7 @@ def _split_over_concat(network: Network, index: int) -> list:
     for k, (part, width) in enumerate(zip(network.sources(position), channels)):
         slope = activation.slope if getattr(activation, "slope", None) is None or activation.slope.size == 1 \
             else activation.slope[offset:offset + width]
-        name = f"{activation.name}/{k}"
-        while name in {layer.name for layer in network.layers} | {network.input_name}:
-            name += "_"                     # layer names are unique: links refer to layers by name
-        copy = dataclasses.replace(activation, name=name,
+        copy = dataclasses.replace(activation, name=network.unique_name(f"{activation.name}/{k}"),
                                    **({"slope": slope} if hasattr(activation, "slope") else {}))
         network.insert(network.index_of(concat), copy, (part,))
         copies.append(copy)

@@ -59,13 +59,6 @@ def _is_raw(network: Network, index: int) -> bool:
     return isinstance(layer, Concat) and any(_is_raw(network, part) for part in network.source_indices(index))
 
 
-def _unique_name(network: Network, name: str) -> str:
-    taken = {layer.name for layer in network.layers} | {network.input_name}
-    while name in taken:
-        name += "_"
-    return name
-
-
 def copy_shared_sums(network: Network) -> bool:
     """The first raw weighted sum or concatenation read by several layers: one copy per reader
     (a layer reading it twice keeps one copy)."""
@@ -75,7 +68,7 @@ def copy_shared_sums(network: Network) -> bool:
         if len(readers) < 2 or not (layer.weighted_sum or isinstance(layer, Concat)) or not _is_raw(network, index):
             continue
         for k, reader in enumerate([network.layers[i] for i in readers[1:]], 1):
-            copy = dataclasses.replace(layer, name=_unique_name(network, f"{layer.name}/copy{k}"))
+            copy = dataclasses.replace(layer, name=network.unique_name(f"{layer.name}/copy{k}"))
             for field in ("weight", "bias", "weights"):
                 if getattr(copy, field, None) is not None:
                     setattr(copy, field, getattr(copy, field).copy())
@@ -124,7 +117,7 @@ def split_batchnorm_over_concat(network: Network) -> bool:
         parts, offset = [], 0
         for k, (part, position) in enumerate(zip(network.sources(source), network.source_indices(source))):
             width = (network.input_shape if position < 0 else shapes[position])[0]
-            piece = dataclasses.replace(layer, name=_unique_name(network, f"{layer.name}/{k}"),
+            piece = dataclasses.replace(layer, name=network.unique_name(f"{layer.name}/{k}"),
                                         **{field: getattr(layer, field)[offset:offset + width].copy()
                                            for field in ("gamma", "beta", "mean", "var")})
             network.insert(network.index_of(concat), piece, (part,))
@@ -230,7 +223,7 @@ def _distribute_over_sum(network: Network, index: int, position: int, matrix: np
     copies = []
     for k, (source, weights) in enumerate(zip(network.sources(position), add.weights.astype(np.float64))):
         scaled = matrix * weights[None, :]
-        copy = dataclasses.replace(outer, name=_unique_name(network, f"{outer.name}/{k}"), bias=None,
+        copy = dataclasses.replace(outer, name=network.unique_name(f"{outer.name}/{k}"), bias=None,
                                    weight=scaled.reshape(outer.weight.shape).astype(np.float32))
         network.insert(index, copy, (source,))
         index += 1
