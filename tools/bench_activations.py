@@ -15,7 +15,7 @@ approximated by a bounded ReLU that fine-tuning trains on from there (the
 "approximated" column); a model that does not convert gets its one-line error
 instead of figures.
 
-    python tools/bench_activations.py [--models a,b] [--seed N] [--json FILE]
+    python tools/bench_activations.py [--models a,b] [--seed N] [--json FILE] [--set NAME=VALUE] [--history]
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
+
+from bench_suite import finetune_columns, finetune_overrides
 
 MNIST = "mnist:" + str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 MODELS = ("tanh", "leaky_relu", "elu", "gelu", "silu", "depthwise")
@@ -89,8 +91,9 @@ def export(model, path: Path, example_shape: tuple[int, ...] = (1, 784)) -> None
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def run_model(name: str, dataset, seed: int) -> dict:
-    """One model's row; a model that does not convert gets its one-line error instead of figures."""
+def run_model(name: str, dataset, seed: int, overrides: list[str] = (), history: bool = False) -> dict:
+    """One model's row; a model that does not convert gets its one-line error instead of figures.
+    ``overrides``: ``NAME=VALUE`` FinetuneOptions fields; ``history``: keep the fine-tuning history."""
     from whetstone_onnx import api
     from whetstone_onnx.errors import WhetstoneError
 
@@ -102,7 +105,8 @@ def run_model(name: str, dataset, seed: int) -> dict:
         export(model, path)
         start = time.perf_counter()
         try:
-            result = api.convert(path, Path(work) / "out", data=dataset, seed=seed, netlist=False)
+            result = api.convert(path, Path(work) / "out", data=dataset, seed=seed, netlist=False,
+                                 finetune=api.FinetuneOptions(seed=seed, **finetune_overrides(overrides)))
         except WhetstoneError as exc:
             return {"model": name, "train_s": train_s, "error": exc.message}
         wall = time.perf_counter() - start
@@ -112,7 +116,7 @@ def run_model(name: str, dataset, seed: int) -> dict:
             "loss": round(100 * (accuracy["original"] - accuracy["spiking"]), 2),
             "output": result.report["output_stage"]["written"],
             "approximated": result.report["passes"].get("approximated_activations"),
-            "train_s": train_s, "wall_s": round(wall, 1)}
+            "train_s": train_s, "wall_s": round(wall, 1), **finetune_columns(result.report, history)}
 
 
 def approximated_text(approximated: list[dict] | None) -> str:
@@ -127,6 +131,9 @@ def bench_arguments(description: str, models) -> tuple[argparse.Namespace, list[
     parser.add_argument("--models", default=",".join(models), help=f"comma-separated subset of {', '.join(models)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows here (after every model)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a FinetuneOptions field instead of its default (repeatable)")
+    parser.add_argument("--history", action="store_true", help="keep each model's fine-tuning history in --json")
     args = parser.parse_args()
     names = args.models.split(",")
     unknown = sorted(set(names) - set(models))
@@ -144,7 +151,7 @@ def main() -> None:
     print(f"{'model':<12}{'original':>10}{'spiking':>9}{'loss':>7}{'output':>9}  {'approximated':<16}"
           f"{'train s':>8}{'time s':>8}", flush=True)
     for name in names:
-        row = run_model(name, dataset, args.seed)
+        row = run_model(name, dataset, args.seed, args.set, args.history)
         rows.append(row)
         if args.json:
             args.json.write_text(json.dumps({"rows": rows, "seed": args.seed, "target_loss": TARGET}, indent=2) + "\n")

@@ -21,7 +21,7 @@ Also measured: the nets whose branches share tensors that are not yet activated
 a stride-2 stem for MNIST-sized images).
 
     python tools/bench_graphs.py [--models resnet,inception,depthwise,preact_resnet,densenet,mobilenet_v2]
-                                 [--seed N] [--json FILE]
+                                 [--seed N] [--json FILE] [--set NAME=VALUE] [--history]
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TOOLS), str(TOOLS.parent / "tests")]
 from bench_activations import MNIST, bench_arguments, build, export, train  # noqa: E402
+from bench_suite import finetune_columns, finetune_overrides  # noqa: E402
 from exporters import torch_graph_model  # noqa: E402
 
 # Points lost at most: issue 14's targets; the nets whose branches share raw tensors
@@ -50,7 +51,9 @@ def build_model(name: str):
     return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), torch_graph_model(name, size=28, width=16, stem_pool=True))
 
 
-def run_model(name: str, dataset, seed: int) -> dict:
+def run_model(name: str, dataset, seed: int, overrides: list[str] = (), history: bool = False) -> dict:
+    """One net's row (``overrides``: ``NAME=VALUE`` FinetuneOptions fields; ``history``: keep the
+    fine-tuning history); a net that does not convert gets its one-line error instead of figures."""
     from whetstone_onnx import api
     from whetstone_onnx.errors import WhetstoneError
 
@@ -62,7 +65,8 @@ def run_model(name: str, dataset, seed: int) -> dict:
         export(model, path)
         start = time.perf_counter()
         try:
-            result = api.convert(path, out, data=dataset, seed=seed, accept_loss=True)
+            result = api.convert(path, out, data=dataset, seed=seed, accept_loss=True,
+                                 finetune=api.FinetuneOptions(seed=seed, **finetune_overrides(overrides)))
         except WhetstoneError as exc:
             return {"model": name, "train_s": train_s, "error": exc.message}
         wall = time.perf_counter() - start
@@ -76,7 +80,8 @@ def run_model(name: str, dataset, seed: int) -> dict:
             "spiking": round(100 * accuracy["spiking"], 2), "loss": loss, "target": TARGETS[name],
             "met": loss <= TARGETS[name], "samples": checked.samples, "unexplained": unexplained,
             "passed": result.report["passed"] and all(entry["passed"] for entry in checked.comparisons.values()),
-            "output": result.report["output_stage"]["written"], "train_s": train_s, "wall_s": round(wall, 1)}
+            "output": result.report["output_stage"]["written"], "train_s": train_s, "wall_s": round(wall, 1),
+            **finetune_columns(result.report, history)}
 
 
 def main() -> None:
@@ -88,7 +93,7 @@ def main() -> None:
     print(f"{'model':<14}{'original':>9}{'spiking':>9}{'loss':>7}{'target':>7}  {'unexplained (samples)':<34}"
           f"{'train s':>8}{'time s':>8}", flush=True)
     for name in names:
-        row = run_model(name, dataset, args.seed)
+        row = run_model(name, dataset, args.seed, args.set, args.history)
         rows.append(row)
         if args.json:
             args.json.write_text(json.dumps({"rows": rows, "seed": args.seed}, indent=2) + "\n")

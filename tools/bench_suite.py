@@ -87,19 +87,24 @@ def run_model(model, base_dir: Path, effort: str | None, seed: int, overrides: d
         wall = time.perf_counter() - start
     report = result.report
     accuracy = report["accuracy"]
-    tuned = report["finetune"]
-    validation = tuned.get("validation") or {}
     return {"model": model.name, "data": data_family(options["data"]),
             "original": round(100 * accuracy["original"], 2),
             "sharpness_0": round(100 * accuracy["sharpenable_start"], 2),
             "spiking": round(100 * accuracy["spiking"], 2),
             "loss": round(100 * (accuracy["original"] - accuracy["spiking"]), 2),
-            "output": report["output_stage"]["written"], "epochs_run": len(tuned.get("history", [])),
-            "kept_epoch": validation.get("kept_epoch"),
-            "validation": validation.get("accuracy"), "wall_s": round(wall, 1),
+            "output": report["output_stage"]["written"], "wall_s": round(wall, 1),
+            "passed": report["passed"], **finetune_columns(report, history)}
+
+
+def finetune_columns(report: dict, history: bool = False) -> dict:
+    """A conversion report's fine-tuning figures for a benchmark row: the epochs run, the epoch kept,
+    its validation score and the time; ``history``: the per-epoch history and validation summary too."""
+    tuned = report["finetune"]
+    validation = tuned.get("validation") or {}
+    return {"epochs_run": len(tuned.get("history", [])), "kept_epoch": validation.get("kept_epoch"),
+            "validation": validation.get("accuracy"),
             "finetune_s": round(report["timings_s"].get("finetune", 0.0), 1),
-            "passed": report["passed"], **({"history": tuned.get("history"), "validation_summary": validation}
-                                           if history else {})}
+            **({"history": tuned.get("history"), "validation_summary": validation} if history else {})}
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -407,6 +407,23 @@ class Network:
         inputs[self.layers[index].name] = tuple(sources)
         self._set_inputs(inputs)
 
+    def split_over_concat(self, index: int, part_of: Callable[[int, int, int], Layer]) -> list[Layer]:
+        """f(concat(a, b, ...)) == concat(f_a(a), f_b(b), ...) for a channel-wise layer f at ``index``
+        reading a Concat that only it reads: ``part_of(k, first channel, channels)`` makes the copy
+        for part k, inserted before the Concat; f is removed. Returns the copies."""
+        layer, (position,) = self.layers[index], self.source_indices(index)
+        concat, shapes = self.layers[position], self.shapes()
+        copies, offset = [], 0
+        for k, (part, part_index) in enumerate(zip(self.sources(position), self.source_indices(position))):
+            width = (self.input_shape if part_index < 0 else shapes[part_index])[0]
+            copy = part_of(k, offset, width)
+            self.insert(self.index_of(concat), copy, (part,))
+            copies.append(copy)
+            offset += width
+        self.set_sources(self.index_of(concat), tuple(copy.name for copy in copies))
+        self.remove(self.index_of(layer))
+        return copies
+
     def _all_inputs(self) -> dict[str, tuple[str, ...]]:
         return {layer.name: self.sources(i) for i, layer in enumerate(self.layers)}
 

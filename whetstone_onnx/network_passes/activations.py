@@ -60,21 +60,16 @@ def _concat_before(network: Network, index: int) -> int | None:
 def _split_over_concat(network: Network, index: int) -> list:
     """act(concat(a, b, ...)) == concat(act(a), act(b), ...): one copy of the activation per part,
     before the Concat (a per-channel PRelu slope split with the channels); returns the copies."""
-    activation, position = network.layers[index], _concat_before(network, index)
-    concat, shapes = network.layers[position], network.shapes()
-    channels = [(network.input_shape if part < 0 else shapes[part])[0] for part in network.source_indices(position)]
-    copies, offset = [], 0
-    for k, (part, width) in enumerate(zip(network.sources(position), channels)):
-        slope = activation.slope if getattr(activation, "slope", None) is None or activation.slope.size == 1 \
-            else activation.slope[offset:offset + width]
-        copy = dataclasses.replace(activation, name=network.unique_name(f"{activation.name}/{k}"),
+    activation = network.layers[index]
+
+    def part_of(k: int, offset: int, width: int):
+        slope = getattr(activation, "slope", None)
+        if slope is not None and slope.size > 1:
+            slope = slope[offset:offset + width]
+        return dataclasses.replace(activation, name=network.unique_name(f"{activation.name}/{k}"),
                                    **({"slope": slope} if hasattr(activation, "slope") else {}))
-        network.insert(network.index_of(concat), copy, (part,))
-        copies.append(copy)
-        offset += width
-    network.set_sources(network.index_of(concat), tuple(copy.name for copy in copies))
-    network.remove(network.index_of(activation))
-    return copies
+
+    return network.split_over_concat(index, part_of)
 
 
 def compensate_output_scale(network: Network, index: int, factor: float,

@@ -113,18 +113,10 @@ def split_batchnorm_over_concat(network: Network) -> bool:
         (source,) = network.source_indices(index)
         if source < 0 or not isinstance(network.layers[source], Concat) or network.only_reader(source) != index:
             continue
-        concat, shapes = network.layers[source], network.shapes()
-        parts, offset = [], 0
-        for k, (part, position) in enumerate(zip(network.sources(source), network.source_indices(source))):
-            width = (network.input_shape if position < 0 else shapes[position])[0]
-            piece = dataclasses.replace(layer, name=network.unique_name(f"{layer.name}/{k}"),
-                                        **{field: getattr(layer, field)[offset:offset + width].copy()
-                                           for field in ("gamma", "beta", "mean", "var")})
-            network.insert(network.index_of(concat), piece, (part,))
-            parts.append(piece.name)
-            offset += width
-        network.set_sources(network.index_of(concat), tuple(parts))
-        network.remove(network.index_of(layer))
+        network.split_over_concat(index, lambda k, offset, width: dataclasses.replace(
+            layer, name=network.unique_name(f"{layer.name}/{k}"),
+            **{field: getattr(layer, field)[offset:offset + width].copy()
+               for field in ("gamma", "beta", "mean", "var")}))
         return True
     return False
 
