@@ -37,12 +37,15 @@ def test_budget_is_counted_in_steps_whatever_the_data_size():
         assert SHARPENING_STEPS_PER_LAYER * layers <= sharpening_steps < SHARPENING_STEPS_PER_LAYER * layers + batches
         assert STRAIGHT_THROUGH_STEPS <= resolved.straight_through_epochs * batches < STRAIGHT_THROUGH_STEPS + batches
         assert resolved.patience == max(3, math.ceil(resolved.straight_through_epochs / 4))
+        assert resolved.weight_average_steps == STRAIGHT_THROUGH_STEPS // 5
         quick = api.FinetuneOptions(effort="quick").resolved((64,), samples, layers)
         thorough = api.FinetuneOptions(effort="thorough").resolved((64,), samples, layers)
         assert quick.straight_through_epochs <= resolved.straight_through_epochs <= thorough.straight_through_epochs
     # explicit epochs win over the budget
     explicit = api.FinetuneOptions(epochs=4, straight_through_epochs=2, patience=1).resolved((64,), 1293, 3)
     assert (explicit.epochs, explicit.straight_through_epochs, explicit.patience) == (4, 2, 1)
+    assert explicit.weight_average_steps == round(0.2 * 2 * 21)     # a fifth of the phase's 2 x 21 steps
+    assert api.FinetuneOptions(weight_average_steps=0).resolved((64,), 1293, 3).weight_average_steps == 0
     with pytest.raises(api.InputError, match="--effort 'fast': expected one of quick, default, thorough"):
         api.FinetuneOptions(effort="fast").validate()
     with pytest.raises(api.InputError, match="--validation 0.9"):

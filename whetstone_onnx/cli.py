@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: a quarter of them, at least 3)")
     tuning.add_argument("--weight-average", type=int, default=defaults.weight_average_steps, metavar="STEPS",
                         help="straight-through phase: score and keep the moving average of the weights over "
-                             f"about STEPS optimizer steps (0: the weights as trained; default "
-                             f"{defaults.weight_average_steps})")
+                             "about STEPS optimizer steps (0: the weights as trained; default: a fifth of "
+                             "the phase's steps)")
     tuning.add_argument("--batchnorm", choices=BATCHNORM_LAYERS, default=defaults.batchnorm,
                         help="hidden layers that train with a re-enabled batch norm, folded again after "
                              f"(default {defaults.batchnorm})")

@@ -34,6 +34,8 @@ SHARPENING_STEPS_PER_LAYER = 250
 STRAIGHT_THROUGH_STEPS = 2500
 EFFORT_SCALE = {"quick": 0.4, "default": 1.0, "thorough": 2.5}
 MIN_PATIENCE = 3
+# The weight average's time constant, as a share of the straight-through phase's steps.
+WEIGHT_AVERAGE_SHARE = 0.2
 # The validation split's own random stream (the shifted images draw from [seed, epoch]).
 VALIDATION_STREAM = 0x7A11D
 
@@ -109,10 +111,10 @@ class FinetuneOptions:
     # stops; None: a quarter of the straight-through epochs, at least MIN_PATIENCE.
     patience: int | None = None
     # Straight-through phase: the network scored and kept after each epoch is the exponential
-    # moving average of the weights over about this many optimizer steps; 0: the weights as
-    # trained. Measured on the suite's six digits models, seeds 0-2: mean loss +0.63 -> +0.32
-    # points (worst model mean +1.85 -> +1.76); MNIST models: see docs/suite.md.
-    weight_average_steps: int = 100
+    # moving average of the weights over about this many optimizer steps; None: a share
+    # (WEIGHT_AVERAGE_SHARE) of the phase's steps, 500 at the default effort; 0: the weights as
+    # trained. Measured: see docs/pipeline.md ("Weight averaging").
+    weight_average_steps: int | None = None
 
     def validate(self) -> None:
         if self.sharpener not in SHARPENERS:
@@ -139,15 +141,15 @@ class FinetuneOptions:
             raise InputError(f"--shift {self.shift}: must be >= 0")
         if not 0.0 <= self.distillation <= 1.0:
             raise InputError(f"--distill {self.distillation}: expected a weight from 0 to 1")
-        if self.weight_average_steps < 0:
+        if self.weight_average_steps is not None and self.weight_average_steps < 0:
             raise InputError(f"--weight-average {self.weight_average_steps}: must be >= 0 steps")
         if not 0.0 <= self.validation <= 0.5:
             raise InputError(f"--validation {self.validation}: expected a share of the training data from 0 to 0.5")
 
     def resolved(self, sample_shape: tuple[int, ...], train_samples: int, spiking_layers: int) -> FinetuneOptions:
-        """These options with the shift decided for inputs of ``sample_shape`` and the epochs
-        and patience decided from the step budget for ``train_samples`` (after the validation
-        hold-out) and ``spiking_layers``."""
+        """These options with the shift decided for inputs of ``sample_shape`` and the epochs,
+        patience and weight average decided from the step budget for ``train_samples`` (after
+        the validation hold-out) and ``spiking_layers``."""
         image = len(sample_shape) == 3
         if self.shift is not None and self.shift and not image:
             raise InputError(f"--shift {self.shift}: needs image inputs (C, H, W), the model takes "
@@ -161,7 +163,12 @@ class FinetuneOptions:
         straight = self.straight_through_epochs if self.straight_through_epochs is not None else \
             max(1, math.ceil(scale * STRAIGHT_THROUGH_STEPS / batches))
         patience = self.patience if self.patience is not None else max(MIN_PATIENCE, math.ceil(straight / 4))
-        return replace(self, shift=shift, epochs=epochs, straight_through_epochs=straight, patience=patience)
+        # (Of the budget's steps, not of its whole epochs: the same average whatever the data size.)
+        phase_steps = scale * STRAIGHT_THROUGH_STEPS if self.straight_through_epochs is None else straight * batches
+        average = self.weight_average_steps if self.weight_average_steps is not None else \
+            max(1, round(WEIGHT_AVERAGE_SHARE * phase_steps))
+        return replace(self, shift=shift, epochs=epochs, straight_through_epochs=straight, patience=patience,
+                       weight_average_steps=average)
 
 
 @dataclass
