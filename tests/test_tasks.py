@@ -22,7 +22,10 @@ from whetstone_onnx.netlist.explicit import read_netlist
 from whetstone_onnx.network_passes.levels import expand_levels
 from whetstone_onnx.network_passes.output_stage import split_readout_tail
 from whetstone_onnx.ops.activation import Activation, Sharpenable
+from whetstone_onnx.ops.conv import Conv2d
 from whetstone_onnx.ops.dense import Dense
+from whetstone_onnx.ops.pool import AvgPool2d, MaxPool2d
+from whetstone_onnx.ops.shape import Reshape
 from whetstone_onnx.network import Network
 from whetstone_onnx.tasks import suggest_task
 
@@ -82,6 +85,36 @@ def test_levels_are_exact_at_sharpness_zero(rng) -> None:
     # A thermometer code: copy j of a unit fires only if copy j - 1 does.
     copies = spikes.reshape(50, 5, 4)
     assert np.all(np.diff(copies, axis=2) <= 0)
+
+
+def test_levels_of_convolution_channels_are_exact_across_pooling_and_a_flatten(rng) -> None:
+    """A convolution's channel becomes K adjacent channels; max / average pooling act on each copy
+    and a flattening Dense reads them channel-major: the same function at sharpness 0."""
+    def weights(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    network = Network("x", (1, 8, 8), "y", [
+        Conv2d("c1", weights(4, 1, 3, 3), weights(4), pads=(1, 1, 1, 1)), Sharpenable("a1", "bounded_relu"),
+        MaxPool2d("p1", (2, 2), (2, 2)), Conv2d("c2", weights(6, 4, 3, 3), weights(6)),
+        Sharpenable("a2", "bounded_relu"), AvgPool2d("p2", (2, 2), (1, 1), pads=(0, 0, 1, 1)),
+        Reshape("flat", (24,)),
+        Dense("d", weights(3, 24), weights(3))])
+    x = rng.standard_normal((40, 1, 8, 8))
+    before = network.forward(x)
+    assert expand_levels(network, 3) == 2
+    assert [tuple(shape) for shape in network.shapes()] == [(12, 8, 8), (12, 8, 8), (12, 4, 4), (18, 2, 2),
+                                                             (18, 2, 2), (18, 2, 2), (72,), (3,)]
+    np.testing.assert_allclose(network.forward(x), before, rtol=3e-3, atol=3e-3)   # the ramp's 1e-3 epsilon
+    for layer in network.layers:
+        if isinstance(layer, Sharpenable):
+            layer.sharpness = 1.0
+    spikes = network.forward(x, all_layers=True)[1].reshape(40, 4, 3, 8, 8)
+    assert np.all(np.diff(spikes, axis=2) <= 0)          # a thermometer code per channel
+    # A grouped convolution is left alone (its channels would mix with the copies of others).
+    grouped = Network("x", (2, 4, 4), "y", [Conv2d("g", weights(2, 1, 3, 3), None, group=2),
+                                            Sharpenable("a", "bounded_relu"), Reshape("flat", (8,)),
+                                            Dense("d", weights(3, 8), None)])
+    assert expand_levels(grouped, 3) == 0 and grouped.layers[0].weight.shape == (2, 1, 3, 3)
 
 
 @pytest.mark.slow

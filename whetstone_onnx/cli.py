@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "archive's float y_train / y_test); the last two read real values out of the last "
                               "layer and report MSE instead of accuracy")
     convert.add_argument("--levels", type=int, metavar="K",
-                         help="binary units per hidden unit between two dense layers, with staggered thresholds "
-                              "(a thermometer code of its value: K times the neurons there); default 1 for "
+                         help="binary units per hidden unit (a Dense unit or a convolution channel read by a "
+                              "Dense or convolution), with staggered thresholds (a thermometer code of its value: "
+                              "K times the neurons there); default 1 for "
                               f"classify, {api.REGRESSION_LEVELS} for reconstruct and regress")
     convert.add_argument("--output", choices=api.OUTPUT_MODES, default="auto",
                          help="output stage: a spiking N-hot code, a float readout of the last layer, or "

@@ -63,7 +63,7 @@ class ConvertOptions:
     See ``api.convert`` for what each one does."""
     normalize: tuple[float, float] | None = None
     task: str = "classify"                          # tasks.TASKS
-    levels: int | None = None                       # binary units per hidden dense unit; None: tasks.default_levels
+    levels: int | None = None                       # binary units per hidden unit; None: tasks.default_levels
     output: str = "auto"
     key_width: int | None = None
     seed: int = 0

@@ -23,7 +23,7 @@ TASKS = ("classify", "reconstruct", "regress")
 DEFAULT_MAX_ERROR_RATIO = 2.0
 
 
-# Binary units per hidden dense unit (network_passes/levels.py) when --levels is not given:
+# Binary units per hidden unit (network_passes/levels.py) when --levels is not given:
 # one bit each for a classifier; a real-valued output needs finer hidden values.
 REGRESSION_LEVELS = 4
 
