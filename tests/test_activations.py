@@ -21,6 +21,7 @@ from whetstone_onnx.network import Network
 from whetstone_onnx.ops.activation import Activation, Sharpenable
 from whetstone_onnx.ops.dense import Dense
 from whetstone_onnx.network_passes.activations import activations_before_pooling, replace_activations
+from whetstone_onnx.network_passes.calibrate import DEFAULT_PERCENTILE, calibrate_scales
 from whetstone_onnx.onnx_passes.pipeline import run_onnx_passes
 
 FLOAT_TOLERANCE = 1e-4      # relative to the output scale, as the float check's
@@ -298,3 +299,32 @@ def test_an_unknown_activation_kind_raises_instead_of_falling_through():
     network.layers[1].op_type = "Swish"          # what a family added without its replacement would be
     with pytest.raises(ValueError, match="no replacement is defined for Swish"):
         replace_activations(network)
+
+
+@pytest.mark.parametrize("gain,calibrated", [(0.05, True), (3.0, False)])
+def test_a_capped_relu_is_scaled_like_a_relu_only_when_its_inputs_seldom_reach_the_cap(rng, gain, calibrated):
+    """ReLU6 (Clip(0, 6)) is exact as a bounded ReLU scaled by 1/6, whose step would fire at 3; when
+    95 % of its positive inputs stay below 6, it is scaled by that percentile instead, as a ReLU is
+    (and the next layer takes the scale back); inputs that mostly reach the cap keep the exact 1/6."""
+    inits = {"W1": (gain * rng.normal(size=(16, 64))).astype(np.float32), "B1": np.zeros(16, np.float32),
+             "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32),
+             "W2": rng.normal(size=(10, 16)).astype(np.float32), "B2": rng.normal(size=10).astype(np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Clip", ["h", "lo", "hi"], ["a"], name="act"),
+             helper.make_node("Gemm", ["a", "W2", "B2"], ["y"], name="fc2", transB=1)]
+    model = graph_model(nodes, inits, [64], [10], opset=18)
+    network = sharpenable_at_zero(model)
+    x = rng.uniform(0.0, 1.0, (400, 64))
+    expected = runtime.predict(model, x.astype(np.float32))
+    exact = np.abs(network.forward(x) - expected).max()      # (the bounded ReLU's epsilon)
+    h = x @ inits["W1"].T.astype(np.float64)
+    percentile = float(np.percentile(h[h > 0], DEFAULT_PERCENTILE))
+    assert (percentile < 6.0) == calibrated
+    calibration = calibrate_scales(network, x)
+    assert calibration.scaled_layers == int(calibrated)
+    scale = percentile if calibrated else 6.0
+    np.testing.assert_allclose(network.layers[0].weight, inits["W1"] / scale, rtol=1e-5)
+    # Only the inputs above the percentile change at sharpness 0 (a ReLU's calibration loses the same;
+    # the cap itself is exact).
+    kept = (h <= scale).all(axis=1) if calibrated else np.ones(len(x), bool)
+    assert kept.sum() > 50 and np.abs(network.forward(x[kept]) - expected[kept]).max() <= exact

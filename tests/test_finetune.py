@@ -207,3 +207,35 @@ def test_auto_output_trains_both_stages_and_writes_the_better_validated_one(tmp_
     assert nhot.report["output_stage"] == {"requested": "nhot", "written": "nhot", "chosen_on_validation": False}
     fixed = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, finetune=False, accept_loss=True)
     assert fixed.report["output_stage"] == {"requested": "auto", "written": "nhot", "chosen_on_validation": False}
+
+
+@pytest.mark.slow
+def test_levels_are_raised_while_the_held_out_samples_show_a_loss_the_guard_would_refuse(tmp_path):
+    """Without --levels, a classifier that scores more than --max-loss points below the original on
+    the held-out training samples is sharpened and fine-tuned again with 2, then 4 binary units per
+    hidden unit; the network written is the best validated. (A short run with --max-loss 0 trails
+    the original, which was trained on those samples.)"""
+    short = api.FinetuneOptions(epochs=2, straight_through_epochs=1)
+    result = api.convert(MODELS / "digits_dense.onnx", tmp_path / "auto", data="digits", netlist=False,
+                         max_loss=0.0, accept_loss=True, finetune=short)
+    report = result.report
+    levels = report["levels"]
+    tried = [entry["levels"] for entry in levels["tried"]]
+    scores = [entry["validation_accuracy"] for entry in levels["tried"]]
+    assert tried in ([1, 2], [1, 2, 4]) and levels["original_validation_accuracy"] == 1.0
+    assert levels["reason"] == ("every number of levels in the ladder was tried" if len(tried) == 3 else
+                                "within --max-loss points of the original on the held-out samples")
+    chosen = tried[scores.index(max(scores))]                        # the fewest levels among equals
+    assert levels["chosen"] == report["options"]["levels"] == chosen
+    assert report["finetune"]["validation"]["accuracy"] == max(scores)
+    hidden = next(layer for layer in report["layers"] if layer.get("role") == "spiking")
+    assert hidden["output_shape"] == [128 * chosen]                   # digits_dense: 128 hidden units first
+    assert report["passed"] and report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
+    assert f"levels: {chosen} binary units per hidden unit, chosen on the held-out samples" in accuracy_table(report)
+    # Within the loss allowed, one level; an explicit --levels is never searched.
+    within = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, max_loss=100.0, finetune=short)
+    assert [entry["levels"] for entry in within.report["levels"]["tried"]] == [1]
+    assert within.report["levels"]["reason"] == "within --max-loss points of the original on the held-out samples"
+    explicit = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, levels=1, max_loss=0.0,
+                           accept_loss=True, finetune=short)
+    assert explicit.report["levels"] is None and explicit.report["options"]["levels"] == 1

@@ -24,6 +24,7 @@ from whetstone_onnx.network_passes.output_stage import split_readout_tail
 from whetstone_onnx.ops.activation import Activation, Sharpenable
 from whetstone_onnx.ops.conv import Conv2d
 from whetstone_onnx.ops.dense import Dense
+from whetstone_onnx.ops.merge import Add
 from whetstone_onnx.ops.pool import AvgPool2d, MaxPool2d
 from whetstone_onnx.ops.shape import Reshape
 from whetstone_onnx.network import Network
@@ -110,11 +111,30 @@ def test_levels_of_convolution_channels_are_exact_across_pooling_and_a_flatten(r
             layer.sharpness = 1.0
     spikes = network.forward(x, all_layers=True)[1].reshape(40, 4, 3, 8, 8)
     assert np.all(np.diff(spikes, axis=2) <= 0)          # a thermometer code per channel
-    # A grouped convolution is left alone (its channels would mix with the copies of others).
-    grouped = Network("x", (2, 4, 4), "y", [Conv2d("g", weights(2, 1, 3, 3), None, group=2),
-                                            Sharpenable("a", "bounded_relu"), Reshape("flat", (8,)),
-                                            Dense("d", weights(3, 8), None)])
-    assert expand_levels(grouped, 3) == 0 and grouped.layers[0].weight.shape == (2, 1, 3, 3)
+
+
+def test_levels_of_a_depthwise_convolution_stay_in_their_group_and_every_reader_takes_them(rng) -> None:
+    """MobileNet's depthwise units: each channel's K copies are K outputs of its own group, read
+    here by two 1x1 convolutions (the composed projections of a linear bottleneck read by two
+    layers); the units a grouped convolution reads are left alone (its groups would read other
+    channels' copies)."""
+    def weights(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    network = Network("x", (1, 6, 6), "y", [
+        Conv2d("c1", weights(4, 1, 3, 3), weights(4), pads=(1, 1, 1, 1)), Sharpenable("a1", "bounded_relu"),
+        Conv2d("dw", weights(4, 1, 3, 3), weights(4), pads=(1, 1, 1, 1), group=4), Sharpenable("a2", "bounded_relu"),
+        Conv2d("r1", weights(5, 4, 1, 1), weights(5)), Conv2d("r2", weights(5, 4, 1, 1), None),
+        Add("sum", np.ones((2, 5), np.float32), 3), Sharpenable("a3", "bounded_relu"), Reshape("flat", (180,)),
+        Dense("d", weights(3, 180), weights(3))])
+    network.links = {"r2": ("a2",), "sum": ("r1", "r2")}
+    x = rng.standard_normal((40, 1, 6, 6))
+    before = network.forward(x)
+    assert expand_levels(network, 3) == 1                      # a2 only
+    assert network.layers[2].weight.shape == (12, 1, 3, 3) and network.layers[2].group == 4
+    assert network.layers[4].weight.shape == network.layers[5].weight.shape == (5, 12, 1, 1)
+    assert network.layers[0].weight.shape == (4, 1, 3, 3)     # read by the grouped convolution
+    np.testing.assert_allclose(network.forward(x), before, rtol=3e-3, atol=3e-3)
 
 
 @pytest.mark.slow

@@ -98,11 +98,14 @@ def run_model(model, base_dir: Path, effort: str | None, seed: int, overrides: d
 
 def finetune_columns(report: dict, history: bool = False) -> dict:
     """A conversion report's fine-tuning figures for a benchmark row: the epochs run, the epoch kept,
-    its validation score and the time; ``history``: the per-epoch history and validation summary too."""
+    its validation score, the levels (and those tried) and the time; ``history``: the per-epoch history
+    and validation summary too."""
     tuned = report["finetune"]
     validation = tuned.get("validation") or {}
+    tried = (report.get("levels") or {}).get("tried", [])
     return {"epochs_run": len(tuned.get("history", [])), "kept_epoch": validation.get("kept_epoch"),
-            "validation": validation.get("accuracy"),
+            "validation": validation.get("accuracy"), "levels": report["options"]["levels"],
+            "levels_tried": {entry["levels"]: entry["validation_accuracy"] for entry in tried},
             "finetune_s": round(report["timings_s"].get("finetune", 0.0), 1),
             **({"history": tuned.get("history"), "validation_summary": validation} if history else {})}
 
@@ -136,16 +139,17 @@ def markdown(rows: list[dict], summary: dict, baseline: list[dict] | None, title
              f"({'default options' if effort is None else f'--effort {effort}'}). "
              "Loss = original - spiking, in points, on the held-out split (digits: 360 images, "
              "MNIST: images 8000-9999). The models and their recipes: `models/suite/README.md`.", "",
-             "| model | data | original % | sharpness 0 % | spiking % | loss | output | epochs run (kept) | time s |"
-             + (" before: spiking % | before: loss | before: time s |" if before else ""),
-             "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if before else "")]
+             "| model | data | original % | sharpness 0 % | spiking % | loss | output | levels | epochs run (kept) | "
+             "time s |" + (" before: spiking % | before: loss | before: time s |" if before else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if before else "")]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['model']} | {row['data']} | did not convert: {row['error']} |")
             continue
         kept = "" if row["kept_epoch"] is None else f" ({row['kept_epoch']})"
         cells = [row["model"], row["data"], f"{row['original']:.2f}", f"{row['sharpness_0']:.2f}",
-                 f"{row['spiking']:.2f}", f"{row['loss']:+.2f}", row.get("output", "nhot"), f"{row['epochs_run']}{kept}",
+                 f"{row['spiking']:.2f}", f"{row['loss']:+.2f}", row.get("output", "nhot"), _levels(row),
+                 f"{row['epochs_run']}{kept}",
                  f"{row['wall_s']:.0f}"]
         if before:
             old = before.get(row["model"])
@@ -170,6 +174,15 @@ def markdown(rows: list[dict], summary: dict, baseline: list[dict] | None, title
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Targets met: {'yes' if summary['targets_met'] else 'no'}.", ""]
     return "\n".join(lines)
+
+
+def _levels(row: dict) -> str:
+    """The levels written, and those tried with their held-out scores when there were several."""
+    tried = row.get("levels_tried") or {}
+    if len(tried) < 2:
+        return str(row.get("levels", 1))
+    scores = ", ".join(f"{levels}: {100 * score:.1f}" for levels, score in tried.items())
+    return f"{row['levels']} (held-out % {scores})"
 
 
 def _cores() -> int:

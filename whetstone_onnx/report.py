@@ -15,7 +15,7 @@ from .network import Network
 from .ops.activation import Activation, Sharpenable, Spike
 from .ops.decode import NHotDecode
 from .spiking_onnx import DOMAIN, DOMAIN_VERSION
-from .tasks import default_levels, error_guard
+from .tasks import error_guard
 
 SCHEMA = "whetstone_onnx.report"
 # 1.1: equivalence.sharpenable.sharpness is per layer (a Whetstone Keras export starts sharpened).
@@ -26,7 +26,9 @@ SCHEMA = "whetstone_onnx.report"
 # 1.5: task; metrics and error_guard (reconstruct, regress: accuracy and accuracy_guard are null);
 #      equivalence.*.output (real-valued outputs compared); netlist.explicit.metrics;
 #      equivalence.pooling_order (spiking.onnx pools some potentials before their step).
-SCHEMA_VERSION = "1.5"
+# 1.6: levels (the levels tried on the held-out samples when --levels was not given; null when none
+#      were: options.levels is the number used).
+SCHEMA_VERSION = "1.6"
 # Points of accuracy the spiking network may lose against the original before convert
 # fails (exit 1) unless the loss is accepted.
 DEFAULT_MAX_LOSS = 2.0
@@ -60,7 +62,7 @@ def conversion_report(c) -> dict:
         "output_opset": {"ai.onnx": PINNED_OPSET, DOMAIN: DOMAIN_VERSION, "ir_version": PINNED_IR_VERSION},
         "task": options.task,
         "options": {"data": c.dataset.spec if c.dataset else None, "task": options.task,
-                    "levels": options.levels or default_levels(options.task),
+                    "levels": c.levels,
                     "normalize": list(options.normalize) if options.normalize else None,
                     "output": output, "key_width": options.key_width, "seed": options.seed},
         "passes": {"onnx": c.onnx_counts, "network": c.network_counts, "approximated_activations": c.approximated},
@@ -68,6 +70,7 @@ def conversion_report(c) -> dict:
         "calibration": {"source": "data" if c.dataset else "random", "samples": len(c.calibration),
                         "percentile": options.calibration_percentile},
         "finetune": c.finetune_report,
+        "levels": c.levels_report,
         "data": None if c.dataset is None else {"spec": c.dataset.spec, "train_samples": len(c.dataset.y_train),
                                                 "test_samples": len(c.dataset.y_test)},
         "accuracy": c.accuracy,
@@ -242,6 +245,12 @@ def accuracy_table(report: dict) -> str:
                          f"training samples" + ("" if best == validation["accuracy"] else
                                                 f" (best {100 * best:.2f} %, within one standard error)")
                          + (" (stopped early)" if validation["stopped_early"] else ""))
+            levels = report.get("levels")
+            if levels and len(levels["tried"]) > 1:
+                scores = ", ".join(f"{entry['levels']}: {100 * entry['validation_accuracy']:.2f} %"
+                                   for entry in levels["tried"])
+                lines.append(f"levels: {levels['chosen']} binary units per hidden unit, chosen on the held-out "
+                             f"samples ({scores}; the original {100 * levels['original_validation_accuracy']:.2f} %)")
             if "output" in validation:
                 heads = validation["output"]
                 lines.append(f"output stage: {heads['chosen']}, chosen on the held-out samples (N-hot "

@@ -18,6 +18,9 @@ from .step_network import check_batchnorm_folds, sink_batchnorms
 APPROXIMATED_OPS = ("LeakyRelu", "PRelu", "Elu", "Selu", "Softplus", "HardSwish", "Mish", "Gelu", "GeluTanh", "Silu")
 # The sources whose units calibrate_scales scales: unbounded above, about the identity for large inputs.
 CALIBRATED_SOURCES = ("Relu", *APPROXIMATED_OPS)
+# The sources scaled exactly by their cap that calibrate_scales scales further when their
+# inputs seldom reach it (Clip(0, k): ReLU6).
+CAPPED_SOURCES = ("Clip",)
 
 
 def activations_before_pooling(network: Network) -> int:

@@ -9,10 +9,13 @@ w'_u / K. At sharpness 0 this is exact: sum_j clip(K z - j, 0, 1) / K = clip(z, 
 the unit it replaces. At sharpness 1 copy j fires when z >= (j + 1/2) / K, so the K
 spikes are a thermometer code of z rounded to 1/K: still one time step, at most one
 spike per neuron, K times the neurons of that layer and K times the synapses into and
-out of it. A convolution's copies are K adjacent channels; pooling between the units
+out of it. A convolution's copies are K adjacent channels (of a grouped convolution,
+such as MobileNet's depthwise one, K outputs of the channel's own group); pooling between the units
 and their reader acts on each copy alone (max and average commute with the code: a
 thermometer code of the max is the max of the codes, and the reader is linear), and a
-flatten before a Dense reader keeps channel-major order.
+flatten before a Dense reader keeps channel-major order. Units read directly by several
+Dense / ungrouped convolutions (the composed projections of a linear bottleneck that
+several layers read) give each of them the copies.
 """
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ MAX_LEVELS = 64
 
 
 def expand_levels(network: Network, levels: int) -> int:
-    """Give every bounded-ReLU unit computed by a Dense or ungrouped convolution that only it
-    reads, and read (across pooling and a flatten) by one Dense or ungrouped convolution,
-    ``levels`` copies (see the module docstring). Returns the layers expanded."""
+    """Give every bounded-ReLU unit computed by a Dense or convolution (grouped too: each channel's
+    copies stay in its group) that only it reads, and read by Dense or ungrouped convolutions
+    (directly, or one across pooling and a flatten), ``levels`` copies (see the module
+    docstring). Returns the layers expanded."""
     if levels <= 1:
         return 0
     count = 0
@@ -40,9 +44,11 @@ def expand_levels(network: Network, levels: int) -> int:
         # (A unit already sharpened, as a Whetstone model's, is a step: copies would change it.)
         if not isinstance(unit, Sharpenable) or unit.function != "bounded_relu" or unit.sharpness > 0 \
                 or producer is None or network.only_reader(producer) != index \
-                or not _weighted(network.layers[producer]):
+                or not isinstance(network.layers[producer], (Dense, Conv2d)):
             continue
-        path = _path_to_reader(network, index)
+        readers = [network.layers[i] for i in dict.fromkeys(network.consumers(index))]
+        path = _path_to_reader(network, index) if len(readers) == 1 else \
+            readers if readers and all(_weighted(layer) for layer in readers) else None
         if path is None:
             continue
         flatten = next((layer for layer in path if isinstance(layer, Reshape)), None)
@@ -52,7 +58,8 @@ def expand_levels(network: Network, levels: int) -> int:
         _copy_outputs(network.layers[producer], levels)
         if flatten is not None:
             flatten.shape = (flatten.shape[0] * levels,)
-        _read_copies(path[-1], levels, positions)
+        for reader in path if len(readers) > 1 else path[-1:]:
+            _read_copies(reader, levels, positions)
         count += 1
     return count
 
