@@ -216,38 +216,6 @@ def test_a_trained_residual_net_fine_tunes_and_keeps_its_spikes_equal(tmp_path):
     assert result.accuracy["original"] >= 0.95 and result.accuracy["spiking"] >= 0.90
 
 
-def test_a_sum_trains_with_its_own_batch_norm_which_folds_into_its_weights_and_the_thresholds(rng):
-    """A residual unit's weighted sum is the Add: fine-tuning gives it a batch norm as it gives a
-    Dense or Conv one, and writing back folds that into the Add's weights and bias; the step
-    network moves the bias into the unit's thresholds, and every form computes the Keras model."""
-    from whetstone_onnx import runtime
-    from whetstone_onnx.emit import to_onnx
-    from whetstone_onnx.finetune import _batchnorm_stats
-    from whetstone_onnx.keras.build import build_keras, write_back
-    from whetstone_onnx.network_passes.step_network import to_step_network
-
-    network = residual_mlp()
-    x = rng.uniform(-1, 1, (300, 4)).astype(np.float32)
-    stats = _batchnorm_stats(network, x)
-    assert set(stats) == {id(network.layers[0]), id(network.layers[3])}       # d1 and the sum; d2 feeds the sum
-    built = build_keras(network, batchnorm_stats=stats)
-    for name in built.batchnorm_names.values():       # stand-in for training: moved statistics and affine
-        layer = built.model.get_layer(name)
-        layer.set_weights([w * rng.uniform(0.5, 1.5, w.shape).astype(np.float32) + 0.1 for w in layer.get_weights()])
-    for layer in built.model.layers:
-        if hasattr(layer, "set_sharpness"):
-            layer.set_sharpness(1.0)
-    write_back(network, built)
-    add = network.layers[3]
-    assert add.bias is not None and np.any(add.bias) and not np.allclose(add.weights, 1.0)
-    expected = built.model.predict(x, verbose=0)
-    np.testing.assert_allclose(runtime.predict(to_onnx(network, graph_name="s"), x), expected, atol=1e-5)
-    step = network.copy()
-    to_step_network(step)
-    assert step.layers[3].bias is None                 # the thresholds after the sum took it
-    np.testing.assert_allclose(runtime.predict(to_onnx(step, graph_name="s"), x), expected, atol=1e-5)
-
-
 def test_an_add_that_reads_one_layer_twice_counts_it_twice(rng):
     """y = W2 relu(g + g), g = W1 x + b: the calibration scale and the bias reach both inputs."""
     from whetstone_onnx.network_passes.step_network import to_step_network

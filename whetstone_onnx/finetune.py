@@ -18,7 +18,6 @@ from .network import LinearLayer, Network
 from .ops.activation import Sharpenable
 from .ops.decode import NHotDecode
 from .ops.dense import Dense
-from .ops.merge import Add
 from .training import (epoch_monitor, freeze_batchnorms, objective, readout_head, spread_rows, training_data,
                        training_model, weight_average)
 
@@ -306,10 +305,9 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
 
 def _batchnorm_stats(network: Network, x: np.ndarray, which: str = "all"
                      ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Mean and variance of the outputs (per channel) of each hidden weighted sum that gets a
-    re-enabled, identity-initialised batch norm: none, the Dense ones or all (Conv and Add too)."""
-    # (An Add is the weighted sum of a residual unit: its batch norm folds into its weights and bias.)
-    kinds = {"none": (), "dense": (Dense,), "all": (LinearLayer, Add)}[which]
+    """Mean and variance of the outputs (per channel) of each hidden linear layer that gets a
+    re-enabled, identity-initialised batch norm: none, the Dense ones or all."""
+    kinds = {"none": (), "dense": (Dense,), "all": (LinearLayer,)}[which]
     if not kinds:
         return {}
     outputs = network.forward(spread_rows(x, 2000), all_layers=True)

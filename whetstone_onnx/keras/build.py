@@ -119,8 +119,9 @@ def write_back(network: Network, built: KerasModel) -> None:
     ``network`` (in place)."""
     for layer in network.layers:
         name = built.layer_names.get(id(layer))
-        if name is not None:        # (an Add has no Keras layer of its own to read back, but may have a batch norm)
-            layer.from_keras(built.model.get_layer(name))
+        if name is None:
+            continue
+        layer.from_keras(built.model.get_layer(name))
         if id(layer) in built.batchnorm_names:
             batchnorm = built.model.get_layer(built.batchnorm_names[id(layer)])
             layer.scale_outputs(*batchnorm_affine(*batchnorm.get_weights(), batchnorm.epsilon))
