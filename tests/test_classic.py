@@ -98,7 +98,7 @@ def test_keras_export_of_whetstone_layers_lifts_to_the_units_it_was_built_from(t
 
 
 def test_a_sharpenable_graph_the_converter_wrote_converts_again_to_the_same_spiking_network(tmp_path):
-    first = api.convert(MODELS / "digits_dense.onnx", tmp_path / "first", data="digits",
+    first = api.convert(MODELS / "digits_dense.onnx", tmp_path / "first", data="digits", levels=1,
                         finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=1), netlist=False)
     again = api.convert(tmp_path / "first" / "sharpenable.onnx", tmp_path / "again", data="digits", finetune=False,
                         netlist=False)

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import MODELS, run_cli
+from test_schemas import errors
 
 from whetstone_onnx import api
 from whetstone_onnx.finetune import SHARPENING_STEPS_PER_LAYER, STRAIGHT_THROUGH_STEPS, validation_split
@@ -184,7 +185,7 @@ def test_validation_tolerance_is_one_standard_error_and_never_zero():
 
 @pytest.mark.slow
 def test_auto_output_trains_both_stages_and_writes_the_better_validated_one(tmp_path):
-    result = api.convert(MODELS / "digits_dense.onnx", tmp_path / "auto", data="digits", accept_loss=True,
+    result = api.convert(MODELS / "digits_dense.onnx", tmp_path / "auto", data="digits", accept_loss=True, levels=1,
                          finetune=api.FinetuneOptions(epochs=3, straight_through_epochs=2))
     report = result.report
     heads = report["finetune"]["validation"]["output"]
@@ -202,7 +203,7 @@ def test_auto_output_trains_both_stages_and_writes_the_better_validated_one(tmp_
     assert f"output stage: {chosen}, chosen on the held-out samples" in accuracy_table(report)
     # explicit options win; without fine-tuning there is nothing to choose on
     nhot = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, output="nhot", accept_loss=True,
-                       finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=1))
+                       levels=1, finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=1))
     assert "output" not in nhot.report["finetune"]["validation"]
     assert nhot.report["output_stage"] == {"requested": "nhot", "written": "nhot", "chosen_on_validation": False}
     fixed = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, finetune=False, accept_loss=True)
@@ -231,6 +232,7 @@ def test_levels_are_raised_while_the_held_out_samples_show_a_loss_the_guard_woul
     hidden = next(layer for layer in report["layers"] if layer.get("role") == "spiking")
     assert hidden["output_shape"] == [128 * chosen]                   # digits_dense: 128 hidden units first
     assert report["passed"] and report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
+    assert errors("report", json.loads((tmp_path / "auto" / "report.json").read_text())) == []
     assert f"levels: {chosen} binary units per hidden unit, chosen on the held-out samples" in accuracy_table(report)
     # Within the loss allowed, one level; an explicit --levels is never searched.
     within = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, max_loss=100.0, finetune=short)

@@ -225,7 +225,7 @@ def test_shift_is_decided_by_image_size_and_refused_for_flat_inputs():
 @pytest.mark.slow
 def test_finetuning_with_shifted_images_is_reproducible():
     options = dict(epochs=2, straight_through_epochs=1, seed=2, shift=1)
-    runs = [api.convert(MODELS / "digits_conv.onnx", data="digits", netlist=False,
+    runs = [api.convert(MODELS / "digits_conv.onnx", data="digits", netlist=False, levels=1,
                         finetune=api.FinetuneOptions(**options)) for _ in range(2)]
     assert runs[0].report["finetune"]["history"] == runs[1].report["finetune"]["history"]
     assert runs[0].report["finetune"]["options"]["shift"] == 1
@@ -276,9 +276,9 @@ def test_distillation_targets_are_the_teachers_probabilities_on_the_shifted_imag
 @pytest.mark.slow
 def test_distillation_from_the_original_model_trains_reproducibly_and_is_reported(tmp_path):
     options = dict(epochs=2, straight_through_epochs=1, distillation=0.9)
-    runs = [api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False,
+    runs = [api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, levels=1,
                         finetune=api.FinetuneOptions(**options)) for _ in range(2)]
-    plain = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False,
+    plain = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, levels=1,
                         finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=1))
     history = runs[0].report["finetune"]["history"]
     assert history == runs[1].report["finetune"]["history"]

@@ -35,7 +35,7 @@ def test_report_without_finetuning_validates(report):
 
 def test_report_with_finetuning_validates(tmp_path):
     options = api.FinetuneOptions(epochs=2, straight_through_epochs=0)
-    api.convert(MODELS / "digits_dense.onnx", tmp_path, data="digits", finetune=options)
+    api.convert(MODELS / "digits_dense.onnx", tmp_path, data="digits", finetune=options, levels=1)
     document = json.loads((tmp_path / "report.json").read_text())
     assert document["finetune"]["performed"] and errors("report", document) == []
 
