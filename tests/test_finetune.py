@@ -13,6 +13,7 @@ from conftest import MODELS, run_cli
 from test_schemas import errors
 
 from whetstone_onnx import api
+from whetstone_onnx.conversion import ConvertOptions
 from whetstone_onnx.finetune import SHARPENING_STEPS_PER_LAYER, STRAIGHT_THROUGH_STEPS, validation_split
 from whetstone_onnx.training import validation_tolerance
 from whetstone_onnx.report import accuracy_table
@@ -241,3 +242,8 @@ def test_levels_are_raised_while_the_held_out_samples_show_a_loss_the_guard_woul
     explicit = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, levels=1, max_loss=0.0,
                            accept_loss=True, finetune=short)
     assert explicit.report["levels"] is None and explicit.report["options"]["levels"] == 1
+    # More levels that the netlist limit would refuse are not tried: the network trained stays.
+    tight = api.convert_with_options(MODELS / "digits_dense.onnx", None, data="digits", options=ConvertOptions(
+        output="readout", max_loss=0.0, accept_loss=True, max_synapses=30_000, finetune=short))
+    assert tight.report["levels"]["reason"].startswith("2 levels would not fit: ")
+    assert tight.report["levels"]["chosen"] == tight.report["options"]["levels"] == 1 and tight.passed

@@ -325,7 +325,7 @@ def choose_levels(c: Conversion) -> None:
             break
         try:
             netlist_forms(c)
-        except InputError as error:
+        except (InputError, UnsupportedModelError) as error:    # (too many synapses, say: the fewer levels stay)
             reason = f"{levels} levels would not fit: {error.message}"
             break
         _finetune_sharpenable(c)
