@@ -47,9 +47,12 @@ def expand_levels(network: Network, levels: int) -> int:
                 or not isinstance(network.layers[producer], (Dense, Conv2d)):
             continue
         readers = [network.layers[i] for i in dict.fromkeys(network.consumers(index))]
-        path = _path_to_reader(network, index) if len(readers) == 1 else \
-            readers if readers and all(_weighted(layer) for layer in readers) else None
-        if path is None:
+        if len(readers) == 1:       # across pooling and a flatten: the path's last layer reads the copies
+            path = _path_to_reader(network, index)
+            readers = path[-1:] if path else []
+        else:
+            path = readers
+        if not readers or not all(_weighted(layer) for layer in readers):
             continue
         flatten = next((layer for layer in path if isinstance(layer, Reshape)), None)
         # Channel-major: a Dense after a flatten reads one block of columns per channel.
@@ -58,7 +61,7 @@ def expand_levels(network: Network, levels: int) -> int:
         _copy_outputs(network.layers[producer], levels)
         if flatten is not None:
             flatten.shape = (flatten.shape[0] * levels,)
-        for reader in path if len(readers) > 1 else path[-1:]:
+        for reader in readers:
             _read_copies(reader, levels, positions)
         count += 1
     return count
