@@ -150,6 +150,31 @@ def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(
 
 
 @pytest.mark.slow
+def test_a_float_networks_untrained_spiking_form_is_never_the_one_kept():
+    """The held-out samples are ones the original was trained on, and the untrained spiking form,
+    closest to the original, inherits its memory of them: a float network's epoch 0 is no
+    candidate, even where training then scores below it (here a learning rate 50 times the
+    default). A network that came in spiking keeps that candidate (the test above)."""
+    from whetstone_onnx import runtime
+    from whetstone_onnx.data import load_dataset
+
+    digits = load_dataset("digits")
+    held = validation_split(digits.y_train, 0.1, seed=0)[1]
+    untrained = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, levels=2, finetune=False,
+                            accept_loss=True)
+    untrained_accuracy = np.mean(runtime.predict(untrained.spiking_model, digits.x_train[held].reshape(len(held), -1)).argmax(1)
+                                 == digits.y_train[held])
+    trained = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, levels=2, output="nhot",
+                          accept_loss=True,
+                          finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=3, learning_rate=0.05,
+                                                       weight_average_steps=0))
+    validation = trained.report["finetune"]["validation"]
+    assert untrained_accuracy > 0.9 and validation["best_accuracy"] < untrained_accuracy - 0.1
+    assert validation["kept_epoch"] >= 1
+    assert trained.report["accuracy_guard"]["loss_points"] > 2      # and the guard says so
+
+
+@pytest.mark.slow
 def test_loss_guard_fails_the_conversion_unless_the_loss_is_accepted(tmp_path):
     # Sharpened at once, without fine-tuning, digits_dense loses about 5 points.
     strict = run_cli("convert", str(MODELS / "digits_dense.onnx"), "-o", str(tmp_path / "strict"), "--data", "digits",

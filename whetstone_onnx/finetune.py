@@ -269,8 +269,9 @@ def finetune(network: Network, x_train: np.ndarray, y_train: np.ndarray, x_eval:
     schedule = keras.optimizers.schedules.CosineDecay(options.learning_rate, total_steps, alpha=0.01)
     optimizer = keras.optimizers.get({"class_name": options.optimizer, "config": {"learning_rate": schedule}})
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    given_spikes = all(layer.sharpness >= 1.0 for layer in network.layers if isinstance(layer, Sharpenable))
     monitor = epoch_monitor(heads, layers, (x_train[validation_rows], y_train[validation_rows]),
-                       (x_eval, y_eval), progress, options, regression)
+                            (x_eval, y_eval), progress, options, regression, given_spikes)
     budget = options.epochs * (3 if options.sharpener == "adaptive" else 1)
     model.fit(**data, epochs=budget, verbose=0, callbacks=[sharpener, monitor])
     reached = all(layer.get_sharpness() >= 1.0 for layer in layers)
