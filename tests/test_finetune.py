@@ -140,6 +140,7 @@ def test_checkpointing_keeps_the_best_validated_network_when_training_collapses(
     assert validation["accuracy"] >= validation["best_accuracy"] - validation["tolerance"]
     # patience 3: three straight-through epochs without improvement, the rest left unrun
     assert validation["samples"] == 142 and validation["stopped_early"] and validation["epochs_run"] < 2 + 6
+    assert validation["untrained_is_candidate"]                           # it came in spiking
     # The network kept is the one validated best: as it came in (epoch 0) or the first epoch.
     expected = good.accuracy["spiking"] if validation["kept_epoch"] == 0 else \
         history[validation["kept_epoch"] - 1]["spiking_accuracy"]
@@ -169,6 +170,8 @@ def test_a_float_networks_untrained_spiking_form_is_never_the_one_kept():
                           finetune=api.FinetuneOptions(epochs=2, straight_through_epochs=3, learning_rate=0.05,
                                                        weight_average_steps=0))
     validation = trained.report["finetune"]["validation"]
+    assert validation["untrained_accuracy"] == pytest.approx(untrained_accuracy, abs=1.5 / len(held))
+    assert not validation["untrained_is_candidate"]
     assert untrained_accuracy > 0.9 and validation["best_accuracy"] < untrained_accuracy - 0.1
     assert validation["kept_epoch"] >= 1
     assert trained.report["accuracy_guard"]["loss_points"] > 2      # and the guard says so

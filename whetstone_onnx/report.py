@@ -28,7 +28,9 @@ SCHEMA = "whetstone_onnx.report"
 #      equivalence.pooling_order (spiking.onnx pools some potentials before their step).
 # 1.6: levels (the levels tried on the held-out samples when --levels was not given; null when none
 #      were: options.levels is the number used).
-SCHEMA_VERSION = "1.6"
+# 1.7: finetune.validation.untrained_accuracy / untrained_mse and untrained_is_candidate (the spiking
+#      form before training; kept only when the network came in spiking).
+SCHEMA_VERSION = "1.7"
 # Points of accuracy the spiking network may lose against the original before convert
 # fails (exit 1) unless the loss is accepted.
 DEFAULT_MAX_LOSS = 2.0
