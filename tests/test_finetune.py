@@ -14,6 +14,7 @@ from test_schemas import errors
 
 from whetstone_onnx import api
 from whetstone_onnx.conversion import ConvertOptions
+from whetstone_onnx.data import Dataset, load_dataset
 from whetstone_onnx.finetune import SHARPENING_STEPS_PER_LAYER, STRAIGHT_THROUGH_STEPS, validation_split
 from whetstone_onnx.training import validation_tolerance
 from whetstone_onnx.report import accuracy_table
@@ -239,12 +240,29 @@ def test_auto_output_trains_both_stages_and_writes_the_better_validated_one(tmp_
     assert fixed.report["output_stage"] == {"requested": "auto", "written": "nhot", "chosen_on_validation": False}
 
 
+def test_the_first_levels_follow_the_samples_per_class():
+    """A classifier fine-tuned on fewer than 500 training samples per class starts at two levels
+    (one bit per unit loses what few samples cannot teach back); with more, or without fine-tuning,
+    one level; the report and the summary say why."""
+    short = api.FinetuneOptions(epochs=2, straight_through_epochs=1)
+    digits = load_dataset("digits")
+    four_times = Dataset(spec="digits x4", x_train=np.tile(digits.x_train, (4, 1, 1)),
+                         y_train=np.tile(digits.y_train, 4), x_test=digits.x_test, y_test=digits.y_test)
+    plenty = api.convert(MODELS / "digits_dense.onnx", data=four_times, netlist=False, max_loss=100.0, finetune=short)
+    assert plenty.report["levels"]["first"] == plenty.report["options"]["levels"] == 1
+    assert plenty.report["levels"]["first_reason"] == "575 training samples per class"
+    assert "levels:" not in accuracy_table(plenty.report)
+    fixed = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, finetune=False, accept_loss=True)
+    assert fixed.report["options"]["levels"] == 1 and fixed.report["levels"] is None
+
+
 @pytest.mark.slow
 def test_levels_are_raised_while_the_held_out_samples_show_a_loss_the_guard_would_refuse(tmp_path):
     """Without --levels, a classifier that scores more than --max-loss points below the original on
-    the held-out training samples is sharpened and fine-tuned again with 2, then 4 binary units per
-    hidden unit; the network written is the best validated. (A short run with --max-loss 0 trails
-    the original, which was trained on those samples.)"""
+    the held-out training samples is sharpened and fine-tuned again with more binary units per
+    hidden unit (digits, 144 training samples per class: 2 first, then 4); the network written is
+    the best validated. (A short run with --max-loss 0 trails the original, which was trained on
+    those samples.)"""
     short = api.FinetuneOptions(epochs=2, straight_through_epochs=1)
     result = api.convert(MODELS / "digits_dense.onnx", tmp_path / "auto", data="digits", netlist=False,
                          max_loss=0.0, accept_loss=True, finetune=short)
@@ -252,8 +270,9 @@ def test_levels_are_raised_while_the_held_out_samples_show_a_loss_the_guard_woul
     levels = report["levels"]
     tried = [entry["levels"] for entry in levels["tried"]]
     scores = [entry["validation_accuracy"] for entry in levels["tried"]]
-    assert tried in ([1, 2], [1, 2, 4]) and levels["original_validation_accuracy"] == 1.0
-    assert levels["reason"] == ("every number of levels in the ladder was tried" if len(tried) == 3 else
+    assert levels["first"] == 2 and levels["first_reason"] == "144 training samples per class, fewer than 500"
+    assert tried in ([2], [2, 4]) and levels["original_validation_accuracy"] == 1.0
+    assert levels["reason"] == ("every number of levels in the ladder was tried" if len(tried) == 2 else
                                 "within --max-loss points of the original on the held-out samples")
     chosen = tried[scores.index(max(scores))]                        # the fewest levels among equals
     assert levels["chosen"] == report["options"]["levels"] == chosen
@@ -262,16 +281,19 @@ def test_levels_are_raised_while_the_held_out_samples_show_a_loss_the_guard_woul
     assert hidden["output_shape"] == [128 * chosen]                   # digits_dense: 128 hidden units first
     assert report["passed"] and report["finetune"]["keras_vs_spiking_onnx"]["agreement"] == 1.0
     assert errors("report", json.loads((tmp_path / "auto" / "report.json").read_text())) == []
-    assert f"levels: {chosen} binary units per hidden unit, chosen on the held-out samples" in accuracy_table(report)
-    # Within the loss allowed, one level; an explicit --levels is never searched.
+    table = accuracy_table(report)
+    assert (f"levels: {chosen} binary units per hidden unit, chosen on the held-out samples" in table) == (len(tried) > 1)
+    assert "144 training samples per class, fewer than 500" in table
+    # Within the loss allowed, the first levels only; an explicit --levels is never searched.
     within = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, max_loss=100.0, finetune=short)
-    assert [entry["levels"] for entry in within.report["levels"]["tried"]] == [1]
+    assert [entry["levels"] for entry in within.report["levels"]["tried"]] == [2]
     assert within.report["levels"]["reason"] == "within --max-loss points of the original on the held-out samples"
     explicit = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, levels=1, max_loss=0.0,
                            accept_loss=True, finetune=short)
     assert explicit.report["levels"] is None and explicit.report["options"]["levels"] == 1
-    # More levels that the netlist limit would refuse are not tried: the network trained stays.
+    # Levels that the netlist limit would refuse are not tried: one level, as trained, stays.
     tight = api.convert_with_options(MODELS / "digits_dense.onnx", None, data="digits", options=ConvertOptions(
         output="readout", max_loss=0.0, accept_loss=True, max_synapses=30_000, finetune=short))
+    assert tight.report["levels"]["first"] == 1 and "; 2 levels would not fit: " in tight.report["levels"]["first_reason"]
     assert tight.report["levels"]["reason"].startswith("2 levels would not fit: ")
     assert tight.report["levels"]["chosen"] == tight.report["options"]["levels"] == 1 and tight.passed

@@ -30,7 +30,8 @@ SCHEMA = "whetstone_onnx.report"
 #      were: options.levels is the number used).
 # 1.7: finetune.validation.untrained_accuracy / untrained_mse and untrained_is_candidate (the spiking
 #      form before training; kept only when the network came in spiking).
-SCHEMA_VERSION = "1.7"
+# 1.8: levels.first / first_reason (a classifier fine-tuned on few samples per class starts at two).
+SCHEMA_VERSION = "1.8"
 # Points of accuracy the spiking network may lose against the original before convert
 # fails (exit 1) unless the loss is accepted.
 DEFAULT_MAX_LOSS = 2.0
@@ -252,7 +253,10 @@ def accuracy_table(report: dict) -> str:
                 scores = ", ".join(f"{entry['levels']}: {100 * entry['validation_accuracy']:.2f} %"
                                    for entry in levels["tried"])
                 lines.append(f"levels: {levels['chosen']} binary units per hidden unit, chosen on the held-out "
-                             f"samples ({scores}; the original {100 * levels['original_validation_accuracy']:.2f} %)")
+                             f"samples ({scores}; the original {100 * levels['original_validation_accuracy']:.2f} %)"
+                             + (f"; {levels['first']} first: {levels['first_reason']}" if levels["first"] > 1 else ""))
+            elif levels and levels["first"] > 1:
+                lines.append(f"levels: {levels['chosen']} binary units per hidden unit: {levels['first_reason']}")
             if "output" in validation:
                 heads = validation["output"]
                 lines.append(f"output stage: {heads['chosen']}, chosen on the held-out samples (N-hot "
