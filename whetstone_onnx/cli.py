@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--levels", type=int, metavar="K",
                          help="binary units per hidden unit (a Dense unit or a convolution channel read by a "
                               "Dense or convolution), with staggered thresholds (a thermometer code of its value: "
-                              "K times the neurons there); default for classify: 1, or 2 then 4 while the "
-                              "held-out samples show a loss over --max-loss (the best validated kept); "
+                              "K times the neurons there); default for classify: 1 (2 when fine-tuned on fewer "
+                              "than 500 samples per class), then 2 and 4 while the held-out samples show a loss "
+                              "over --max-loss (with few samples per class, any loss; the best validated kept); "
                               f"{api.REGRESSION_LEVELS} for reconstruct and regress")
     convert.add_argument("--output", choices=api.OUTPUT_MODES, default="auto",
                          help="output stage: a spiking N-hot code, a float readout of the last layer, or "
