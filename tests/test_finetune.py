@@ -240,10 +240,10 @@ def test_auto_output_trains_both_stages_and_writes_the_better_validated_one(tmp_
     assert fixed.report["output_stage"] == {"requested": "auto", "written": "nhot", "chosen_on_validation": False}
 
 
-def test_the_first_levels_follow_the_samples_per_class():
+def test_the_first_levels_follow_the_samples_per_class(tmp_path):
     """A classifier fine-tuned on fewer than 500 training samples per class starts at two levels
     (one bit per unit loses what few samples cannot teach back); with more, or without fine-tuning,
-    one level; the report and the summary say why."""
+    or for a network that came in spiking, one level; the report and the summary say why."""
     short = api.FinetuneOptions(epochs=2, straight_through_epochs=1)
     digits = load_dataset("digits")
     four_times = Dataset(spec="digits x4", x_train=np.tile(digits.x_train, (4, 1, 1)),
@@ -257,6 +257,14 @@ def test_the_first_levels_follow_the_samples_per_class():
     assert "levels:" not in accuracy_table(plenty.report)
     fixed = api.convert(MODELS / "digits_dense.onnx", data="digits", netlist=False, finetune=False, accept_loss=True)
     assert fixed.report["options"]["levels"] == 1 and fixed.report["levels"] is None
+    api.convert(MODELS / "digits_dense.onnx", tmp_path, data="digits", netlist=False, levels=1, finetune=short,
+                accept_loss=True)
+    spiking_in = api.convert(tmp_path / "sharpenable.onnx", data="digits", netlist=False, accept_loss=True,
+                             finetune=short)
+    assert spiking_in.report["options"]["levels"] == spiking_in.report["levels"]["first"] == 1
+    assert spiking_in.report["levels"]["first_reason"] == ("144 training samples per class, fewer than 500; "
+                                                           "no hidden unit can take more levels")
+    assert spiking_in.report["passes"]["network"]["expand_levels"] == 0
 
 
 @pytest.mark.slow

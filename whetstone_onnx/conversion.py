@@ -220,7 +220,8 @@ def float_check(c: Conversion) -> None:
 
 def sharpen(c: Conversion) -> None:
     options = c.options
-    if c.levels is None:
+    first = c.levels is None
+    if first:
         c.levels, c.first_levels_reason = (options.levels, "--levels") if options.levels else first_levels(c)
     c.sharpenable = c.float_network.copy()
     regression = is_regression(options.task)
@@ -231,6 +232,10 @@ def sharpen(c: Conversion) -> None:
     c.network_counts, calibrated = sharpenable_passes(c.sharpenable, c.calibration, options.calibration_percentile)
     c.approximated = approximated_activations(c.sharpenable)
     c.network_counts["expand_levels"] = expand_levels(c.sharpenable, c.levels)
+    if c.levels > 1 and not c.network_counts["expand_levels"] and options.levels is None:
+        c.levels = 1        # (a network that came in spiking: its steps take no copies)
+        if first:
+            c.first_levels_reason += "; no hidden unit can take more levels"
     if regression:
         c.network_counts["make_regression_output"] = make_regression_output(c.sharpenable, tail)
         _start(c)
