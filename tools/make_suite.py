@@ -52,8 +52,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -128,7 +132,7 @@ def limit_threads() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def torch_seed() -> "torch.Generator":
+def torch_seed() -> torch.Generator:
     import random
 
     import torch
